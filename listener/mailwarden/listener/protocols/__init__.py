@@ -1,0 +1,20 @@
+"""One module per protocol family, each with the replies its RFCs prescribe."""
+
+from __future__ import annotations
+
+from mailwarden.listener.catalogue import Wire
+from mailwarden.listener.protocols import base, imap, nntp, pop3, smtp
+
+_REPLIES: dict[Wire, base.Replies] = {
+    Wire.SMTP: smtp.REPLIES,
+    Wire.POP3: pop3.REPLIES,
+    Wire.IMAP: imap.REPLIES,
+    Wire.NNTP: nntp.REPLIES,
+}
+
+
+def replies_for(wire: Wire) -> base.Replies:
+    try:
+        return _REPLIES[wire]
+    except KeyError:
+        raise NotImplementedError(f"the listener does not speak {wire} yet") from None

@@ -1,0 +1,167 @@
+"""NNTP and NNTPS: refusals (RFC 3977 §5.1.1: 400 service temporarily unavailable, 502
+service permanently unavailable, then close) and the reader gate that keeps articles from
+unauthenticated readers when anonymous access is off (RFC 4643: 480 until AUTHINFO
+succeeds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from mailwarden.listener.protocols import base
+
+# RFC 3977 §3.1: command lines are at most 512 octets, CRLF included.
+COMMAND_LINE_LIMIT = 512
+# A response line from the backend; generous, only the status code is read from it.
+RESPONSE_LINE_LIMIT = 4096
+
+OVER_CAPACITY = b"400 Too many connections, try again later\r\n"
+DENIED = b"502 Access denied: your address is not allowed to use this service\r\n"
+UNAVAILABLE = b"400 Service temporarily unavailable, try again later\r\n"
+AUTH_REQUIRED = b"480 Authentication required\r\n"
+LINE_TOO_LONG = b"501 Line too long\r\n"
+
+# What an unauthenticated reader may do: learn the server's capabilities, switch mode,
+# authenticate, and leave. Everything else (GROUP, ARTICLE, LIST, OVER, POST, ...) needs
+# authentication.
+BEFORE_AUTH = frozenset({b"CAPABILITIES", b"MODE", b"AUTHINFO", b"QUIT", b"HELP", b"DATE"})
+# Responses to those commands that carry a multi-line body (RFC 3977 §3.2, §3.4.1).
+MULTILINE = frozenset({b"100", b"101", b"215"})
+
+
+class NNTPReplies:
+    def over_capacity(self, hostname: str) -> base.Conversation:
+        return base.OneShot(OVER_CAPACITY)
+
+    def denied(self, hostname: str) -> base.Conversation:
+        return base.OneShot(DENIED)
+
+    def unavailable(self, hostname: str) -> base.Conversation:
+        return base.OneShot(UNAVAILABLE)
+
+
+REPLIES = NNTPReplies()
+
+
+class AuthResult(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+@dataclasses.dataclass(slots=True)
+class Output:
+    to_backend: bytes = b""
+    to_client: bytes = b""
+    # The gate is done: from now on every byte is relayed untouched.
+    open: bool = False
+    auth: AuthResult | None = None
+
+
+class ReaderGate:
+    """Stands between a reader and the news server until AUTHINFO succeeds.
+
+    One command is in flight at a time: a command the reader may send is forwarded and the
+    next one waits until the server's response is complete, so the gate always knows which
+    command a response answers and sees the 281 that opens the session."""
+
+    __slots__ = (
+        "_body_start",
+        "_client",
+        "_in_flight",
+        "_pending",
+        "_response",
+        "_server",
+        "opened",
+    )
+
+    def __init__(self) -> None:
+        self._client = base.LineBuffer(COMMAND_LINE_LIMIT)
+        self._server = bytearray()
+        # The greeting is the first response the gate waits for.
+        self._in_flight: bytes | None = b"(greeting)"
+        self._response: bytes | None = None  # status code of a multi-line body being read
+        self._body_start = False
+        self._pending: list[bytes | None] = []
+        self.opened = False
+
+    def from_client(self, data: bytes) -> Output:
+        if self.opened:
+            return Output(to_backend=data, open=True)
+        self._pending.extend(self._client.feed(data))
+        return self._advance(Output())
+
+    def from_backend(self, data: bytes) -> Output:
+        out = Output(to_client=data)
+        if self.opened:
+            out.open = True
+            return out
+        self._server += data
+        while self._in_flight is not None:
+            if not self._consume_response(out):
+                break
+        if self.opened:
+            out.to_backend += self._flush_client()
+            out.open = True
+            return out
+        return self._advance(out)
+
+    def _consume_response(self, out: Output) -> bool:
+        """Consume one complete response from the server buffer; False if incomplete."""
+        if self._response is None:
+            end = self._server.find(b"\n")
+            if end < 0:
+                if len(self._server) > RESPONSE_LINE_LIMIT:
+                    self._server.clear()
+                return False
+            status = bytes(self._server[:3])
+            del self._server[: end + 1]
+            command = self._in_flight or b""
+            if status in MULTILINE and command != b"AUTHINFO":
+                self._response = status
+                self._body_start = True
+            else:
+                self._finish(command, status, out)
+                return True
+        if self._body_start and self._server.startswith(b".\r\n"):
+            end, size = 0, 3
+        else:
+            end, size = self._server.find(b"\r\n.\r\n"), 5
+        if end < 0:
+            # Keep only what could be the start of the terminator.
+            if len(self._server) > 4:
+                del self._server[:-4]
+                self._body_start = False
+            return False
+        del self._server[: end + size]
+        self._response = None
+        self._in_flight = None
+        return True
+
+    def _finish(self, command: bytes, status: bytes, out: Output) -> None:
+        self._in_flight = None
+        if command == b"AUTHINFO":
+            if status == b"281":
+                self.opened = True
+                out.auth = AuthResult.SUCCESS
+            elif status in (b"481", b"482", b"502"):
+                out.auth = AuthResult.FAILURE
+
+    def _advance(self, out: Output) -> Output:
+        while self._in_flight is None and self._pending and not self.opened:
+            line = self._pending.pop(0)
+            if line is None:
+                out.to_client += LINE_TOO_LONG
+                continue
+            words = line.split(None, 1)
+            verb = words[0].upper() if words else b""
+            if verb in BEFORE_AUTH:
+                out.to_backend += line
+                self._in_flight = verb
+            elif verb:
+                out.to_client += AUTH_REQUIRED
+        return out
+
+    def _flush_client(self) -> bytes:
+        rest = b"".join(line for line in self._pending if line is not None)
+        self._pending.clear()
+        return rest + self._client.take_rest()

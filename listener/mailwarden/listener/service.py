@@ -1,0 +1,125 @@
+"""A service at run time: its policy (allowed addresses, caps, TLS), its sockets and its
+sessions. Policy is replaced in place on reload; sessions already running keep going."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from mailwarden.listener import acl, config, limits, session, tls
+from mailwarden.listener import metrics as m
+from mailwarden.listener.protocols import base, replies_for
+
+log = logging.getLogger(__name__)
+
+
+def check_tls(cfg: config.ServiceConfig) -> None:
+    """Raise if the service's TLS files cannot be used."""
+    if cfg.tls is not None:
+        tls.server_context(cfg.tls)
+    tls.backend_context(cfg.backend.tls)
+
+
+class ServiceRuntime:
+    def __init__(
+        self, cfg: config.ServiceConfig, metrics: m.Metrics, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.loop = loop
+        self.parent_metrics = metrics
+        self.metrics = metrics.for_service(cfg.name)
+        self.sessions: set[session.ClientConnection] = set()
+        self.servers: dict[config.Endpoint, asyncio.Server] = {}
+        self.limiter = limits.ConnectionLimiter()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self.config = cfg
+        self.allow: acl.AddressSet | acl.Everyone = acl.Everyone()
+        self.trusted_proxies = acl.AddressSet(())
+        self.replies: base.Replies = replies_for(cfg.kind.wire)
+        self.server_tls: ssl.SSLContext | None = None
+        self.backend_tls: ssl.SSLContext | None = None
+        self.apply(cfg)
+
+    def apply(self, cfg: config.ServiceConfig) -> None:
+        """Take a new policy. Raises (and changes nothing) if its TLS files are unusable."""
+        server_tls = tls.server_context(cfg.tls) if cfg.tls is not None else None
+        backend_tls = tls.backend_context(cfg.backend.tls)
+        self.config = cfg
+        self.allow = acl.policy(cfg.allow)
+        self.trusted_proxies = acl.AddressSet(cfg.proxy_protocol_from)
+        self.limiter.reconfigure(cfg.max_connections, cfg.max_connections_per_address)
+        self.replies = replies_for(cfg.kind.wire)
+        self.server_tls = server_tls
+        self.backend_tls = backend_tls
+        self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
+        self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)
+
+    def reload_tls(self) -> bool:
+        """Load the certificate files again; a broken pair keeps the old context."""
+        if self.config.tls is None:
+            return True
+        try:
+            self.server_tls = tls.server_context(self.config.tls)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("%s: new certificate refused, keeping the old one: %s", self.config.name, exc)
+            self.metrics.tls_reload["failure"].inc()
+            return False
+        log.info("%s: certificate reloaded", self.config.name)
+        self.metrics.tls_reload["success"].inc()
+        return True
+
+    async def bind(self, endpoint: config.Endpoint) -> asyncio.Server:
+        return await self.loop.create_server(
+            lambda: session.ClientConnection(self),
+            host=endpoint.address,
+            port=endpoint.port,
+            backlog=self.config.backlog,
+            reuse_address=True,
+        )
+
+    def stop_accepting(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
+
+    def sweep(self) -> None:
+        """Close sessions that outlived their timeout. Called periodically; a session's
+        `active` flag (set on every byte) restarts its idle clock."""
+        now = self.loop.time()
+        t = self.config.timeouts
+        for s in list(self.sessions):
+            if s.active:
+                s.active = False
+                s.idle_since = now
+                continue
+            state = s.state
+            if state in (session.State.RELAY, session.State.GATED):
+                limit = t.idle
+            elif state is session.State.REFUSING:
+                limit = t.refusal
+            elif state in (session.State.PROXY, session.State.TLS):
+                limit = t.handshake
+                if now - s.started > limit:
+                    s.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
+                    s.abort()
+                continue
+            else:
+                continue
+            if now - s.idle_since > limit:
+                s.close()
+            else:
+                s.flush_counters()
+
+    def session_ended(self) -> None:
+        if not self.sessions:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def wait_idle(self) -> None:
+        if not self.sessions:
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._idle_waiters.append(fut)
+        await fut

@@ -1,0 +1,415 @@
+"""One client connection, from accept to close: PROXY header, TLS, the policy decision, and
+then either a refusal in the protocol's words or a byte-exact relay to the backend.
+
+Built on asyncio Protocols and transports rather than streams: the relay path is two
+callbacks and a write, which is what keeps CPU and memory per session close to HAProxy's."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import ssl
+from typing import TYPE_CHECKING, cast
+
+from mailwarden.listener import acl, limits, proxyproto
+from mailwarden.listener import metrics as m
+from mailwarden.listener.protocols import base, nntp
+
+if TYPE_CHECKING:
+    from mailwarden.listener.service import ServiceRuntime
+
+log = logging.getLogger(__name__)
+
+# Client bytes held while the backend connection is being made; past this the client is
+# paused, not buffered without bound.
+PENDING_LIMIT = 64 * 1024
+
+
+class State(enum.Enum):
+    PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
+    TLS = "tls"  # implicit-TLS handshake in progress
+    CONNECTING = "connecting"  # admitted; the backend connection is being made
+    GATED = "gated"  # NNTP reader gate in front of the backend
+    RELAY = "relay"
+    REFUSING = "refusing"
+    CLOSED = "closed"
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_pending",
+        "active",
+        "admitted",
+        "backend",
+        "bytes_down",
+        "bytes_up",
+        "client",
+        "conversation",
+        "gate",
+        "idle_since",
+        "local",
+        "peer",
+        "rt",
+        "seen_data",
+        "started",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, rt: ServiceRuntime) -> None:
+        self.rt = rt
+        self.transport: asyncio.Transport | None = None
+        self.state = State.CONNECTING
+        self.backend: BackendConnection | None = None
+        self.conversation: base.Conversation | None = None
+        self.gate: nntp.ReaderGate | None = None
+        self._pending = bytearray()
+        self.peer: tuple[str, int] = ("", 0)
+        self.client: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.admitted = False
+        self.seen_data = False
+        self.active = False
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.started = 0.0
+        self.idle_since = 0.0
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        rt = self.rt
+        self.started = self.idle_since = rt.loop.time()
+        rt.sessions.add(self)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if not peer or not local:  # the peer was gone before we looked
+            self.transport.abort()
+            return
+        self.peer = self.client = (peer[0], peer[1])
+        self.local = (local[0], local[1])
+        if rt.trusted_proxies and acl.client_address(peer[0]) in rt.trusted_proxies:
+            self.state = State.PROXY
+            return
+        self._handshake_done()
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        state = self.state
+        if state is State.RELAY:
+            self.bytes_up += len(data)
+            assert self.backend is not None
+            self.backend.transport.write(data)
+            return
+        if not self.seen_data:
+            self.seen_data = True
+            if state is not State.PROXY and _claims_proxy(data):
+                # Only trusted load balancers may say who the client is.
+                self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
+                return
+        if state is State.PROXY:
+            self._pending += data
+            self._read_proxy_header()
+        elif state is State.GATED:
+            assert self.gate is not None and self.backend is not None
+            self._apply_gate(self.gate.from_client(data))
+        elif state is State.REFUSING:
+            assert self.conversation is not None
+            self._say(self.conversation.feed(data))
+        elif state in (State.CONNECTING, State.TLS):
+            self._pending += data
+            if len(self._pending) > PENDING_LIMIT and self.transport is not None:
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.state is State.RELAY and self.backend is not None:
+            backend = self.backend.transport
+            if backend.can_write_eof() and not _is_tls(self.transport):
+                backend.write_eof()
+                self.backend.client_eof = True
+                # Half-close: keep reading what the backend still has to say.
+                return not self.backend.backend_eof
+            backend.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def pause_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.transport.resume_reading()
+
+    # -- the session's steps -----------------------------------------------------------
+
+    def _read_proxy_header(self) -> None:
+        try:
+            parsed = proxyproto.parse(bytes(self._pending))
+        except proxyproto.ProxyError as exc:
+            self._fail(m.PROXY_ERROR, str(exc))
+            return
+        if parsed is None:
+            if len(self._pending) > 536:  # v2 header with room for TLVs; v1 is far shorter
+                self._fail(m.PROXY_ERROR, "PROXY header too long")
+            return
+        addresses, used = parsed
+        del self._pending[:used]
+        if addresses.source is not None:
+            self.client = addresses.source
+        if addresses.destination is not None:
+            self.local = addresses.destination
+        self.seen_data = bool(self._pending)
+        self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        rt = self.rt
+        if rt.server_tls is not None:
+            self.state = State.TLS
+            rt.loop.create_task(self._start_tls(rt.server_tls))
+            return
+        self._decide()
+
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        transport = self.transport
+        assert transport is not None
+        # The raw transport may already hold bytes of the ClientHello.
+        early = bytes(self._pending)
+        self._pending.clear()
+        try:
+            tls_transport = await asyncio.wait_for(
+                self.rt.loop.start_tls(transport, self, ctx, server_side=True),
+                timeout=self.rt.config.timeouts.handshake,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            self._fail(m.HANDSHAKE_FAILED, f"TLS handshake: {exc!r}")
+            return
+        if early:
+            log.debug("%s: %d bytes before TLS dropped", self.rt.config.name, len(early))
+        if tls_transport is None:
+            self._fail(m.HANDSHAKE_FAILED, "TLS handshake: closed")
+            return
+        self.transport = tls_transport
+        self._decide()
+
+    def _decide(self) -> None:
+        rt = self.rt
+        try:
+            address = acl.client_address(self.client[0])
+        except ValueError:
+            self._fail(m.PROXY_ERROR, f"unusable client address {self.client[0]!r}")
+            return
+        if address not in rt.allow:
+            self._refuse(m.DENIED, rt.replies.denied(rt.config.hostname))
+            return
+        verdict = rt.limiter.acquire(str(address))
+        if verdict is not limits.Verdict.ADMITTED:
+            outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP
+            self._refuse(outcome, rt.replies.over_capacity(rt.config.hostname))
+            return
+        self.admitted = True
+        self.client = (str(address), self.client[1])
+        rt.metrics.active.inc()
+        self.state = State.CONNECTING
+        rt.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        rt = self.rt
+        backend = rt.config.backend
+        try:
+            _, protocol = await asyncio.wait_for(
+                rt.loop.create_connection(
+                    lambda: BackendConnection(self),
+                    backend.host,
+                    backend.port,
+                    ssl=rt.backend_tls,
+                    server_hostname=(backend.tls.server_name or backend.host)
+                    if rt.backend_tls
+                    else None,
+                ),
+                timeout=backend.connect_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            if self.state is State.CONNECTING:
+                log.warning(
+                    "%s: backend %s:%s unavailable: %s",
+                    rt.config.name,
+                    backend.host,
+                    backend.port,
+                    exc,
+                )
+                self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
+            return
+        if self.state is not State.CONNECTING:  # the client left meanwhile
+            protocol.transport.close()
+            return
+        rt.metrics.outcome[m.ACCEPTED].inc()
+        self.backend = protocol
+        if backend.proxy_protocol != "none":
+            protocol.transport.write(
+                proxyproto.build(backend.proxy_protocol, self.client, self.local)
+            )
+        pending = bytes(self._pending)
+        self._pending = bytearray()
+        if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
+            self.gate = nntp.ReaderGate()
+            self.state = State.GATED
+            if pending:
+                self._apply_gate(self.gate.from_client(pending))
+        else:
+            self.state = State.RELAY
+            if pending:
+                self.bytes_up += len(pending)
+                protocol.transport.write(pending)
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def _apply_gate(self, out: nntp.Output) -> None:
+        assert self.backend is not None and self.transport is not None
+        if out.to_backend:
+            self.bytes_up += len(out.to_backend)
+            self.backend.transport.write(out.to_backend)
+        if out.to_client:
+            self.bytes_down += len(out.to_client)
+            self.transport.write(out.to_client)
+        if out.auth is not None:
+            self.rt.metrics.nntp_auth[out.auth.value].inc()
+        if out.open:
+            self.state = State.RELAY
+            self.gate = None
+
+    def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
+        self.rt.metrics.outcome[outcome].inc()
+        if self.admitted:
+            self._release()
+        self.state = State.REFUSING
+        self.conversation = conversation
+        self.idle_since = self.rt.loop.time()
+        self._say(conversation.opening())
+        if self.state is State.REFUSING and self._pending:
+            pending = bytes(self._pending)
+            self._pending.clear()
+            self._say(conversation.feed(pending))
+
+    def _say(self, reply: base.Reply) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if reply.reset:
+            transport.abort()
+            return
+        if reply.data:
+            transport.write(reply.data)
+        if reply.close:
+            self.state = State.CLOSED
+            transport.close()
+
+    def _fail(self, outcome: str, why: str) -> None:
+        log.info("%s: %s:%s: %s", self.rt.config.name, self.peer[0], self.peer[1], why)
+        self.rt.metrics.outcome[outcome].inc()
+        self.close()
+
+    # -- ending ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both legs, letting what is already written reach each side."""
+        self.state = State.CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        if self.backend is not None:
+            self.backend.transport.close()
+
+    def abort(self) -> None:
+        self.state = State.CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+        if self.backend is not None:
+            self.backend.transport.abort()
+
+    def _release(self) -> None:
+        self.admitted = False
+        rt = self.rt
+        rt.limiter.release(self.client[0])
+        rt.metrics.active.dec()
+
+    def _finish(self) -> None:
+        rt = self.rt
+        self.state = State.CLOSED
+        if self.backend is not None:
+            self.backend.transport.close()
+        if self.admitted:
+            self._release()
+            rt.metrics.duration.observe(rt.loop.time() - self.started)
+        self.flush_counters()
+        rt.sessions.discard(self)
+        rt.session_ended()
+
+    def flush_counters(self) -> None:
+        if self.bytes_up:
+            self.rt.metrics.bytes_up.inc(self.bytes_up)
+            self.bytes_up = 0
+        if self.bytes_down:
+            self.rt.metrics.bytes_down.inc(self.bytes_down)
+            self.bytes_down = 0
+
+
+class BackendConnection(asyncio.Protocol):
+    __slots__ = ("backend_eof", "client", "client_eof", "transport")
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client_eof = False
+        self.backend_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        client.active = True
+        if client.gate is not None:
+            client._apply_gate(client.gate.from_backend(data))
+            return
+        client.bytes_down += len(data)
+        if client.transport is not None:
+            client.transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        self.backend_eof = True
+        client = self.client.transport
+        if client is None:
+            return False
+        if client.can_write_eof() and not _is_tls(client):
+            client.write_eof()
+            return not self.client_eof
+        client.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.client
+        if client.transport is not None and not client.transport.is_closing():
+            client.transport.close()
+        client.state = State.CLOSED
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+
+def _claims_proxy(data: bytes) -> bool:
+    return data.startswith(proxyproto.V1_PREFIX) or data.startswith(proxyproto.V2_SIGNATURE[:12])
+
+
+def _is_tls(transport: asyncio.BaseTransport | None) -> bool:
+    # TLS transports cannot half-close: TLS has close_notify, not a write-side EOF.
+    return transport is not None and transport.get_extra_info("sslcontext") is not None

@@ -1,0 +1,5 @@
+import sys
+
+from mailwarden.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""Resolving IPAddressGroups into the minimal list of CIDRs they describe, following nested
+groups, and reporting unknown groups and cycles instead of following them forever."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+
+from mailwarden.operator import models
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+    cidrs: tuple[str, ...]
+    # Nested groups named but not found.
+    missing: tuple[str, ...] = ()
+    # Each cycle as the path of group names that closes it (a -> b -> a).
+    cycles: tuple[tuple[str, ...], ...] = ()
+    # Every group the resolution read, the root included: a change to any of them changes
+    # the result.
+    uses: frozenset[str] = frozenset()
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.cycles
+
+
+def item_networks(item: models.GroupItem) -> list[Network]:
+    """The networks one non-group item stands for."""
+    if item.host is not None:
+        return [ipaddress.ip_network(item.host)]
+    if item.network is not None:
+        return [ipaddress.ip_network(item.network, strict=False)]
+    if item.range is not None:
+        first, last = models.parse_range(item.range)
+        return list(ipaddress.summarize_address_range(first, last))
+    return []
+
+
+def minimal(networks: list[Network]) -> tuple[str, ...]:
+    v4 = ipaddress.collapse_addresses(n for n in networks if n.version == 4)
+    v6 = ipaddress.collapse_addresses(n for n in networks if n.version == 6)
+    return tuple(str(n) for n in (*v4, *v6))
+
+
+def resolve(name: str, groups: Mapping[str, models.IPAddressGroupSpec]) -> Resolution:
+    """Resolve group `name` among `groups` (the groups of one namespace)."""
+    networks: list[Network] = []
+    missing: list[str] = []
+    cycles: list[tuple[str, ...]] = []
+    uses: set[str] = set()
+    done: set[str] = set()
+
+    def visit(group: str, path: tuple[str, ...]) -> None:
+        if group in path:
+            cycle = (*path[path.index(group) :], group)
+            if cycle not in cycles:
+                cycles.append(cycle)
+            return
+        uses.add(group)
+        if group in done:
+            return
+        spec = groups.get(group)
+        if spec is None:
+            if group not in missing:
+                missing.append(group)
+            return
+        for item in spec.items:
+            if item.group is not None:
+                visit(item.group, (*path, group))
+            else:
+                networks.extend(item_networks(item))
+        done.add(group)
+
+    visit(name, ())
+    return Resolution(minimal(networks), tuple(missing), tuple(cycles), frozenset(uses))

@@ -1,0 +1,405 @@
+"""The custom resources, MailService and IPAddressGroup (mailwarden.io/v1alpha1), as pydantic
+models. They are the one source of truth: the CRDs in deploy/crds are generated from them, and
+the operator, `mailwarden render` and `mailwarden listen` all read manifests through them."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field
+from pydantic.alias_generators import to_camel
+
+from mailwarden.listener import catalogue
+
+GROUP = "mailwarden.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+ServiceName = Literal[
+    "SMTP",
+    "SMTPS",
+    "Submission",
+    "POP3",
+    "POP3S",
+    "IMAP",
+    "IMAPS",
+    "NNTP",
+    "NNTPS",
+    "LDAP",
+    "LDAPS",
+    "HTTP",
+    "HTTPS",
+    "XMPP",
+    "XMPPS",
+]
+assert set(ServiceName.__args__) == set(catalogue.SERVICE_NAMES)  # type: ignore[attr-defined]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Spec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel
+    )
+
+
+# -- MailService ----------------------------------------------------------------------------
+
+
+class ListenAddress(_Spec):
+    """One address and port the service listens on."""
+
+    address: str | None = Field(
+        default=None,
+        max_length=45,
+        description=(
+            "IPv4 or IPv6 address to bind this port to (the Service gets it as its fixed "
+            "load-balancer or external IP). Absent: all addresses. Avoid addresses assigned by "
+            "DHCP: the binding breaks when the address changes."
+        ),
+    )
+    port: Port | None = Field(
+        default=None, description="TCP port. Absent: the service's standard port (25 for SMTP, …)."
+    )
+
+    @pydantic.field_validator("address")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 or IPv6 address") from None
+
+
+class Access(_Spec):
+    """Who may connect, and how many at once."""
+
+    allow_from: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description=(
+            "Name of an IPAddressGroup in the same namespace whose addresses may connect. "
+            "Absent: everyone. Leave it absent on the SMTP service that is your MX."
+        ),
+    )
+    anonymous: bool = Field(
+        default=False,
+        description="Allow reading news without authentication. Only NNTP and NNTPS have it.",
+    )
+    max_connections: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Most concurrent connections to the whole service, whatever the replica count "
+            "(each of N replicas enforces floor(maxConnections / N)). 0: unlimited."
+        ),
+    )
+    max_connections_per_address: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Most concurrent connections from one client address, per listener replica. "
+            "0: unlimited."
+        ),
+    )
+
+
+class BackendTLS(_Spec):
+    """TLS on the leg from the listener to the backend."""
+
+    enabled: bool = Field(default=False, description="Speak TLS to the backend.")
+    insecure_skip_verify: bool = Field(
+        default=False, description="Do not verify the backend's certificate (testing only)."
+    )
+    server_name: str | None = Field(
+        default=None, max_length=253, description="Name to verify and send as SNI; default: host."
+    )
+
+
+class Backend(_Spec):
+    """The real mail server that admitted sessions are relayed to."""
+
+    host: str = Field(
+        min_length=1, max_length=253, description="Host name or address of the mail server."
+    )
+    port: Port | None = Field(
+        default=None, description="Port. Absent: the service's standard port."
+    )
+    proxy_protocol: Literal["None", "V1", "V2"] = Field(
+        default="None",
+        description=(
+            "Send a PROXY protocol header so the backend sees the real client address "
+            "(Postfix smtpd_upstream_proxy_protocol, Dovecot haproxy_trusted_networks)."
+        ),
+    )
+    tls: BackendTLS = Field(default_factory=BackendTLS, description="TLS towards the backend.")
+
+
+class TLS(_Spec):
+    """The certificate the listener presents for implicit TLS (and STARTTLS where it reads
+    commands)."""
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="A kubernetes.io/tls Secret (tls.crt, tls.key), e.g. from cert-manager.",
+    )
+
+
+class ProxyProtocol(_Spec):
+    """Accept a PROXY protocol header from load balancers in front of the listener."""
+
+    trusted_cidrs: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Only these peers may send a PROXY header; anyone else sending one is refused.",
+    )
+
+    @pydantic.field_validator("trusted_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return [_cidr(c) for c in v]
+
+
+class Expose(_Spec):
+    """How the service is exposed outside the cluster."""
+
+    type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
+        default="LoadBalancer", description="Kubernetes Service type."
+    )
+    external_traffic_policy: Literal["Local", "Cluster"] = Field(
+        default="Local",
+        description="Local keeps client addresses intact, which access rules depend on.",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations for the Service (load-balancer settings)."
+    )
+
+
+class Timeouts(_Spec):
+    """Session timeouts, in seconds."""
+
+    handshake_seconds: int = Field(
+        default=10, ge=1, le=3600, description="For the PROXY header and the TLS handshake."
+    )
+    idle_seconds: int = Field(
+        default=600, ge=1, le=86400, description="A session with no traffic this long is closed."
+    )
+
+
+class MailServiceSpec(_Spec):
+    """A mail service as the Services page of a mail server shows it."""
+
+    service: ServiceName = Field(
+        description="Which service of the catalogue this is. Cannot be changed once set."
+    )
+    startup: Literal["Automatic", "Manual"] = Field(
+        default="Automatic",
+        description=(
+            "Automatic: kept running. Manual: created stopped; runs only after an "
+            "administrator starts it."
+        ),
+    )
+    listen: list[ListenAddress] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Addresses and ports. Empty: all addresses on the standard port.",
+    )
+    access: Access = Field(default_factory=Access, description="Who may connect.")
+    backend: Backend = Field(description="Where admitted sessions are relayed.")
+    tls: TLS | None = Field(
+        default=None, description="Certificate for TLS the listener terminates."
+    )
+    proxy_protocol: ProxyProtocol = Field(
+        default_factory=ProxyProtocol, description="PROXY protocol from load balancers."
+    )
+    replicas: int = Field(default=1, ge=0, le=100, description="Listener pods.")
+    expose: Expose = Field(default_factory=Expose, description="The Kubernetes Service.")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Session timeouts.")
+    drain_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="On stop or restart, sessions may finish for this long before they are cut.",
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None, description="Resource requests and limits of the listener container."
+    )
+    node_selector: dict[str, str] | None = Field(default=None, description="Pod node selector.")
+    tolerations: list[dict[str, Any]] | None = Field(default=None, description="Pod tolerations.")
+    affinity: dict[str, Any] | None = Field(default=None, description="Pod affinity.")
+
+    @pydantic.model_validator(mode="after")
+    def _rules(self) -> MailServiceSpec:
+        kind = catalogue.kind_of(self.service)
+        if self.access.anonymous and not kind.anonymous_allowed:
+            raise ValueError(
+                f"access.anonymous: anonymous access is only allowed for NNTP and NNTPS, "
+                f"not {self.service}"
+            )
+        seen: set[tuple[str | None, int]] = set()
+        for item in self.listen:
+            key = (item.address, item.port or kind.port)
+            if key in seen:
+                raise ValueError(
+                    f"listen: {item.address or '*'}:{key[1]} is listed twice in this MailService"
+                )
+            seen.add(key)
+        if kind.tls is catalogue.TLSMode.IMPLICIT and self.tls is None:
+            raise ValueError(
+                f"tls: {self.service} is an implicit-TLS service and needs tls.secretName"
+            )
+        return self
+
+    @property
+    def kind(self) -> catalogue.ServiceKind:
+        return catalogue.kind_of(self.service)
+
+    def endpoints(self) -> list[tuple[str | None, int]]:
+        """(address, port) pairs, defaults applied."""
+        if not self.listen:
+            return [(None, self.kind.port)]
+        return [(item.address, item.port or self.kind.port) for item in self.listen]
+
+
+# -- IPAddressGroup -------------------------------------------------------------------------
+
+
+def _cidr(v: str) -> str:
+    try:
+        return str(ipaddress.ip_network(v.strip(), strict=False))
+    except ValueError:
+        raise ValueError(
+            f"{v!r} is not a network (CIDR such as 192.0.2.0/24 or address/mask such as "
+            "192.0.2.0/255.255.255.0)"
+        ) from None
+
+
+class GroupItem(_Spec):
+    """Exactly one of host, network, range or group."""
+
+    host: str | None = Field(default=None, max_length=45, description="One IPv4 or IPv6 address.")
+    network: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A network: CIDR (192.0.2.0/24, 2001:db8::/32) or address/mask.",
+    )
+    range: str | None = Field(
+        default=None,
+        max_length=100,
+        description="An address range, first-last (192.0.2.10-192.0.2.20), both ends included.",
+    )
+    group: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Another IPAddressGroup in the same namespace, included whole.",
+    )
+    description: str | None = Field(default=None, max_length=256, description="A note.")
+
+    @pydantic.model_validator(mode="after")
+    def _exactly_one(self) -> GroupItem:
+        given = [k for k in ("host", "network", "range", "group") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "an item must have exactly one of host, network, range or group"
+                + (f" (it has {', '.join(given)})" if given else "")
+            )
+        if self.host is not None:
+            try:
+                self.host = str(ipaddress.ip_address(self.host.strip()))
+            except ValueError:
+                raise ValueError(f"host: {self.host!r} is not an IPv4 or IPv6 address") from None
+        if self.network is not None:
+            self.network = _cidr(self.network)
+        if self.range is not None:
+            first, last = parse_range(self.range)
+            self.range = f"{first}-{last}"
+        return self
+
+
+def parse_range(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    parts = text.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"range: {text!r} is not first-last")
+    try:
+        first, last = (ipaddress.ip_address(p.strip()) for p in parts)
+    except ValueError:
+        raise ValueError(f"range: {text!r} does not hold two addresses") from None
+    if first.version != last.version:
+        raise ValueError(f"range: {text!r} mixes IPv4 and IPv6")
+    if int(first) > int(last):
+        raise ValueError(f"range: {text!r} ends before it starts")
+    return first, last
+
+
+class IPAddressGroupSpec(_Spec):
+    """A named list of addresses that services admit (Kerio's IP address groups)."""
+
+    items: list[GroupItem] = Field(
+        default_factory=list, max_length=1024, description="Hosts, networks, ranges and groups."
+    )
+
+
+# -- resources ------------------------------------------------------------------------------
+
+
+class ObjectMeta(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class MailService(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore", populate_by_name=True)
+    api_version: Literal["mailwarden.io/v1alpha1"] = Field(
+        "mailwarden.io/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["MailService"] = "MailService"
+    metadata: ObjectMeta
+    spec: MailServiceSpec
+
+
+class IPAddressGroup(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore", populate_by_name=True)
+    api_version: Literal["mailwarden.io/v1alpha1"] = Field(
+        "mailwarden.io/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["IPAddressGroup"] = "IPAddressGroup"
+    metadata: ObjectMeta
+    spec: IPAddressGroupSpec = Field(default_factory=IPAddressGroupSpec)
+
+
+# -- start, stop, restart -------------------------------------------------------------------
+
+# `kubectl annotate msvc NAME mailwarden.io/state=Running --overwrite` starts a service,
+# `=Stopped` stops it; without the annotation the startup mode decides.
+STATE_ANNOTATION = "mailwarden.io/state"
+RUNNING = "Running"
+STOPPED = "Stopped"
+# `kubectl annotate msvc NAME mailwarden.io/restartedAt="$(date -Is)" --overwrite` restarts
+# the listener pods one by one, each draining its sessions.
+RESTART_ANNOTATION = "mailwarden.io/restartedAt"
+
+
+def wants_running(msvc: MailService) -> bool:
+    state = msvc.metadata.annotations.get(STATE_ANNOTATION)
+    if state == RUNNING:
+        return True
+    if state == STOPPED:
+        return False
+    return msvc.spec.startup == "Automatic"

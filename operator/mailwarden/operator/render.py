@@ -1,0 +1,112 @@
+"""MailService (plus the groups it uses) → the listener's configuration. Pure: the operator
+puts the result in a ConfigMap, `mailwarden listen` feeds it straight to a listener."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from collections.abc import Mapping
+
+from mailwarden.listener import config as lc
+from mailwarden.operator import groups, models
+
+# Where the pod mounts the TLS Secret (cert-manager layout).
+TLS_MOUNT = pathlib.Path("/etc/mailwarden/tls")
+METRICS_PORT = 9090
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendered:
+    service: lc.ServiceConfig
+    # Why the access list is empty when it fails closed (group missing or cyclic).
+    problems: tuple[str, ...] = ()
+    resolution: groups.Resolution | None = None
+
+
+def per_pod_cap(max_connections: int, replicas: int) -> int:
+    """The service-wide cap split over the replicas, rounded down so that the sum never
+    exceeds it. 0 stays unlimited."""
+    if max_connections == 0:
+        return 0
+    return max(1, math.floor(max_connections / max(1, replicas)))
+
+
+def service_config(
+    msvc: models.MailService,
+    group_specs: Mapping[str, models.IPAddressGroupSpec],
+    *,
+    bind_addresses: bool,
+    tls_dir: pathlib.Path | None = None,
+) -> Rendered:
+    """Render one MailService.
+
+    bind_addresses: True on a host (`mailwarden listen`), where the listener binds the
+    addresses itself; False in a pod, where the Service owns the address and the pod listens
+    on every address of its own.
+    """
+    spec = msvc.spec
+    kind = spec.kind
+    problems: list[str] = []
+    allow: tuple[str, ...] | None = None
+    resolution = None
+    if spec.access.allow_from is not None:
+        resolution = groups.resolve(spec.access.allow_from, group_specs)
+        allow = resolution.cidrs
+        if resolution.missing:
+            problems.append(f"IPAddressGroup not found: {', '.join(resolution.missing)}")
+        if resolution.cycles:
+            problems.append(
+                "IPAddressGroup cycle: " + "; ".join(" -> ".join(c) for c in resolution.cycles)
+            )
+        if problems:
+            allow = ()  # fail closed
+    if bind_addresses:
+        endpoints = [lc.Endpoint(address=a, port=p) for a, p in spec.endpoints()]
+    else:
+        ports = sorted({p for _, p in spec.endpoints()})
+        endpoints = [lc.Endpoint(address=None, port=p) for p in ports]
+    tls = None
+    if spec.tls is not None:
+        base = tls_dir if tls_dir is not None else TLS_MOUNT
+        tls = lc.TLSFiles(cert_file=base / "tls.crt", key_file=base / "tls.key")
+    replicas = 1 if bind_addresses else spec.replicas
+    cfg = lc.ServiceConfig(
+        name=f"{msvc.metadata.namespace}/{msvc.metadata.name}",
+        service=spec.service,
+        listen=tuple(endpoints),
+        allow=allow,
+        max_connections=per_pod_cap(spec.access.max_connections, replicas),
+        max_connections_per_address=spec.access.max_connections_per_address,
+        anonymous=spec.access.anonymous,
+        backend=lc.Backend(
+            host=spec.backend.host,
+            port=spec.backend.port or kind.port,
+            proxy_protocol=spec.backend.proxy_protocol.lower(),
+            tls=lc.BackendTLS(
+                enabled=spec.backend.tls.enabled,
+                verify=not spec.backend.tls.insecure_skip_verify,
+                server_name=spec.backend.tls.server_name,
+            ),
+        ),
+        tls=tls,
+        proxy_protocol_from=tuple(spec.proxy_protocol.trusted_cidrs),
+        timeouts=lc.Timeouts(
+            handshake=spec.timeouts.handshake_seconds, idle=spec.timeouts.idle_seconds
+        ),
+        hostname=msvc.metadata.name,
+    )
+    return Rendered(cfg, tuple(problems), resolution)
+
+
+def listener_config(
+    services: list[lc.ServiceConfig],
+    *,
+    drain_seconds: float = 30.0,
+    metrics_port: int = METRICS_PORT,
+) -> lc.ListenerConfig:
+    return lc.ListenerConfig(
+        services=tuple(services),
+        drain_seconds=drain_seconds,
+        metrics=lc.Metrics(port=metrics_port),
+    )
