@@ -29,9 +29,7 @@ HAPROXY = os.environ.get("HAPROXY", "/usr/sbin/haproxy")
 ALLOW = "127.0.0.0/8"
 HOSTNAME = "bench.test"
 OVER_CAP_LINE = f"421 4.7.0 {HOSTNAME} Error: too many connections, try again later"
-DENIED_LINE = (
-    f"554 5.7.1 {HOSTNAME} Access denied: your address is not allowed to use this service"
-)
+DENIED_LINE = f"554 5.7.1 {HOSTNAME} Access denied: your address is not allowed to use this service"
 
 LUA = f"""
 core.register_service("over_cap", "tcp", function(applet)
@@ -166,15 +164,33 @@ def mailwarden_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def mailwarden(be: Backend, cap: int) -> Iterator[Running]:
+def mailwarden(be: Backend, cap: int, source: str | None = None) -> Iterator[Running]:
+    """The listener from this checkout, or (`source`: another checkout's root) from there,
+    to compare two versions in one run."""
     with tempfile.TemporaryDirectory(prefix="bench-mailwarden-") as tmp:
         smtp_port, stream_port = procs.free_port(), procs.free_port()
         path = pathlib.Path(tmp) / "listener.yaml"
         path.write_text(yaml.safe_dump(listener_config(be, cap, smtp_port, stream_port)))
-        proc = procs.start([*mailwarden_command(), "listener", "--config", str(path)])
+        env = None
+        if source is not None:
+            root = pathlib.Path(source).resolve()
+            env = dict(os.environ, PYTHONPATH=f"{root / 'listener'}:{root / 'operator'}")
+        proc = procs.start([*mailwarden_command(), "listener", "--config", str(path)], env=env)
         with procs.running(proc):
             procs.wait_port(smtp_port, proc)
             yield Running("mailwarden", proc.pid, smtp_port, stream_port)
 
 
-FRONTENDS = {"mailwarden": mailwarden, "haproxy": haproxy}
+def frontend(name: str, be: Backend, cap: int) -> contextlib.AbstractContextManager[Running]:
+    """`haproxy`, `mailwarden`, or `mailwarden@DIR` (the listener of another checkout)."""
+    if name == "haproxy":
+        return haproxy(be, cap)
+    if name == "mailwarden":
+        return mailwarden(be, cap)
+    if name.startswith("mailwarden@"):
+        return mailwarden(be, cap, name.split("@", 1)[1])
+    raise ValueError(f"unknown front end {name!r}")
+
+
+def known(name: str) -> bool:
+    return name in ("haproxy", "mailwarden") or name.startswith("mailwarden@")

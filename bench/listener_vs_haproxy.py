@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from bench import frontends, procs
 from bench.loadgen import percentile
@@ -119,9 +118,7 @@ def bench_held(fe: frontends.Running, p: Params) -> Result:
 
 
 def _stream(fe: frontends.Running, streams: int, nbytes: int) -> float:
-    with procs.LoadGen(
-        "stream", fe.stream_port, "--streams", streams, "--bytes", nbytes
-    ) as lg:
+    with procs.LoadGen("stream", fe.stream_port, "--streams", streams, "--bytes", nbytes) as lg:
         end = lg.expect("end", 120)
     if not end["complete"]:
         raise procs.BenchError(f"{fe.name}: stream incomplete: {end}")
@@ -169,9 +166,7 @@ def bench_flood(fe: frontends.Running, p: Params) -> Result:
     held_cpu = (cpu_b1 - cpu_b0) / (b1 - b0) * flood_s
     return {
         "rejections_per_s": end["rate"],
-        "cpu_us_per_rejection": max(0.0, cpu_f1 - cpu_f0 - held_cpu)
-        / max(1, end["refused"])
-        * 1e6,
+        "cpu_us_per_rejection": max(0.0, cpu_f1 - cpu_f0 - held_cpu) / max(1, end["refused"]) * 1e6,
         "refused": end["refused"],
         "unanswered": end["attempts"] - end["refused"] - end["admitted"],
         "over_cap": end["admitted"],
@@ -207,7 +202,13 @@ class Row:
 
 def rows(p: Params) -> list[Row]:
     return [
-        Row("sessions", "sessions_per_s", "session rate (sessions/s)", ("ratio", ">=", 0.6), "{:.0f}"),
+        Row(
+            "sessions",
+            "sessions_per_s",
+            "session rate (sessions/s)",
+            ("ratio", ">=", 0.6),
+            "{:.0f}",
+        ),
         Row("sessions", "cpu_us_per_session", "CPU per session (µs)", ("ratio", "<=", 2.0)),
         Row("sessions", "p50_ms", "session latency p50 (ms)", None, "{:.2f}"),
         Row("sessions", "p99_ms", "session latency p99 (ms)", ("ratio", "<=", 1.5), "{:.2f}"),
@@ -217,17 +218,37 @@ def rows(p: Params) -> list[Row]:
         Row("held", "kib_per_held", "RSS per held connection (KiB)", ("abs", "<=", 3.0), "{:.2f}"),
         Row("held", "rss_mib_held", "RSS with all held (MiB)", None),
         Row("stream", "mb_per_s_1", "throughput, 1 stream (MB/s)", ("ratio", ">=", 1.0), "{:.0f}"),
-        Row("stream", f"mb_per_s_{p.streams}", f"throughput, {p.streams} streams (MB/s)", None, "{:.0f}"),
+        Row(
+            "stream",
+            f"mb_per_s_{p.streams}",
+            f"throughput, {p.streams} streams (MB/s)",
+            None,
+            "{:.0f}",
+        ),
         Row("flood", "rejections_per_s", "flood rejections/s", ("ratio", ">=", 1.0), "{:.0f}"),
         Row("flood", "cpu_us_per_rejection", "CPU per rejection (µs)", None),
         Row("flood", "unanswered", "refused without the 421 line", ("abs", "==", 0), "{:.0f}"),
         Row("flood", "over_cap", "admitted over the cap", ("abs", "==", 0), "{:.0f}"),
         Row("flood", "held_lost", "held sessions lost", ("abs", "==", 0), "{:.0f}"),
-        Row("flood", "held_requests_failed", "held requests unanswered", ("abs", "==", 0), "{:.0f}"),
-        Row("flood", "refusal_line_ok", "421 line as configured (1 = yes)", ("abs", "==", 1), "{:.0f}"),
+        Row(
+            "flood", "held_requests_failed", "held requests unanswered", ("abs", "==", 0), "{:.0f}"
+        ),
+        Row(
+            "flood",
+            "refusal_line_ok",
+            "421 line as configured (1 = yes)",
+            ("abs", "==", 1),
+            "{:.0f}",
+        ),
         Row("flood", "held_p99_quiet_ms", "held p99 without flood (ms)", None, "{:.2f}"),
-        Row("flood", "held_p99_flood_ms", "held p99 during flood (ms)", ("ratio", "<=", 1.5), "{:.2f}"),
-    ]  # fmt: skip
+        Row(
+            "flood",
+            "held_p99_flood_ms",
+            "held p99 during flood (ms)",
+            ("ratio", "<=", 1.5),
+            "{:.2f}",
+        ),
+    ]
 
 
 def median(values: list[float]) -> float:
@@ -238,8 +259,14 @@ def _met(value: float, op: str, bound: float) -> bool:
     return {">=": value >= bound, "<=": value <= bound, "==": value == bound}[op]
 
 
-def table(results: dict[str, dict[str, list[Result]]], p: Params) -> tuple[str, list[bool]]:
+def table(
+    results: dict[str, dict[str, list[Result]]], p: Params, order: list[str]
+) -> tuple[str, list[bool]]:
+    """Medians per front end, then mailwarden/HAProxy and the target. Extra front ends
+    (`mailwarden@DIR`) get a column each, after HAProxy."""
+    extra = [f for f in order if f not in ("mailwarden", "haproxy")]
     head = f"{'metric':<36}{'mailwarden':>12}{'HAProxy':>12}{'ratio':>8}  {'target':<14}met"
+    head += "".join(f"  {f[:30]:>12}" for f in extra)
     lines = [head, "-" * len(head)]
     verdicts: list[bool] = []
     for row in rows(p):
@@ -262,10 +289,12 @@ def table(results: dict[str, dict[str, list[Result]]], p: Params) -> tuple[str, 
                 ok = _met(mw, op, bound)
             verdicts.append(ok)
             met = "yes" if ok else "NO"
-        lines.append(
+        line = (
             f"{row.label:<36}{row.fmt.format(mw):>12}{row.fmt.format(ha):>12}"
-            f"{ratio:>8.2f}  {target:<14}{met}"
+            f"{ratio:>8.2f}  {target:<14}{met:<3}"
         )
+        line += "".join(f"  {row.fmt.format(med.get(f, float('nan'))):>12}" for f in extra)
+        lines.append(line.rstrip())
     return "\n".join(lines), verdicts
 
 
@@ -300,7 +329,7 @@ def run(
             per_fe: dict[str, list[Result]] = {fe: [] for fe in order}
             for rnd in range(p.rounds):
                 for fe_name in order:
-                    with frontends.FRONTENDS[fe_name](be, cap_of(p)) as fe:
+                    with frontends.frontend(fe_name, be, cap_of(p)) as fe:
                         r = bench(fe, p)
                     per_fe[fe_name].append(r)
                     shown = ", ".join(f"{k}={v:.4g}" for k, v in r.items())
@@ -331,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     order = [n.strip() for n in args.frontends.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS] + [
-        f for f in order if f not in frontends.FRONTENDS
+        f for f in order if not frontends.known(f)
     ]
     if unknown:
         parser.error(f"unknown benchmark or front end: {', '.join(unknown)}")
@@ -343,10 +372,14 @@ def main(argv: list[str] | None = None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     started = time.monotonic()
+    load = os.getloadavg()
     results = run(names, p, order, log)
-    text, verdicts = table(results, p)
+    text, verdicts = table(results, p, order)
     print(f"machine: {machine()}")
-    print(f"medians of {p.rounds} interleaved round(s), {time.monotonic() - started:.0f} s\n")
+    print(
+        f"medians of {p.rounds} interleaved round(s), {time.monotonic() - started:.0f} s; "
+        f"load average before: {load[0]:.2f} (after: {os.getloadavg()[0]:.2f})\n"
+    )
     print(text)
     print(f"\ntargets met: {sum(verdicts)} of {len(verdicts)}")
     if args.json:

@@ -179,13 +179,13 @@ class Held(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(b"")
 
-    async def request(self, line: bytes, timeout: float = SESSION_TIMEOUT) -> bytes:
+    async def request(self, line: bytes) -> bytes:
         if self.lost or self.transport is None:
             return b""
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(line)
         try:
-            return await asyncio.wait_for(self.waiter, timeout)
+            return await asyncio.wait_for(self.waiter, SESSION_TIMEOUT)
         except TimeoutError:
             return b""
 
@@ -379,7 +379,7 @@ async def flood(port: int, attempts: int, concurrency: int, seconds: float) -> N
             remaining -= 1
             done: asyncio.Future[bytes] = loop.create_future()
             try:
-                await loop.create_connection(lambda: Probe(done), HOST, port)
+                await loop.create_connection(lambda done=done: Probe(done), HOST, port)  # type: ignore[misc]
             except OSError:
                 counts["connect_error"] += 1
                 continue

@@ -60,8 +60,10 @@ def rss_kib(pid: int) -> int:
 _stderr: dict[int, IO[str]] = {}
 
 
-def start(argv: Sequence[str], *, stdin: bool = False) -> subprocess.Popen[str]:
-    err = tempfile.TemporaryFile(mode="w+")
+def start(
+    argv: Sequence[str], *, stdin: bool = False, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by stop()
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -71,6 +73,7 @@ def start(argv: Sequence[str], *, stdin: bool = False) -> subprocess.Popen[str]:
         start_new_session=True,
         preexec_fn=raise_nofile_in_child,
         cwd=ROOT,
+        env=env,
     )
     _stderr[proc.pid] = err
     return proc
