@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -12,10 +13,19 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def client_address(host: str) -> IPAddress:
     """The address a policy decision is about; IPv4 seen through a dual-stack socket
     (::ffff:192.0.2.1) is judged as the IPv4 address it is."""
+    return parse_client(host)[0]
+
+
+# Parsing an address string costs more than the rest of the policy decision, and the same
+# clients come back again and again: remember the last few thousand. Invalid input raises
+# ValueError every time (exceptions are not cached).
+@functools.lru_cache(maxsize=4096)
+def parse_client(host: str) -> tuple[IPAddress, str]:
+    """client_address(host) and its canonical text, as the limiter and logs name it."""
     addr = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+        addr = addr.ipv4_mapped
+    return addr, str(addr)
 
 
 class AddressSet:

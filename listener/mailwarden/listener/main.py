@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import pathlib
 import signal
@@ -57,6 +58,9 @@ async def serve(
     cfg = source.load()
     listener = server.Listener(cfg)
     await listener.start()
+    # Everything allocated so far (modules, config, metrics) lives as long as the process:
+    # keep it out of the collector's full passes, which otherwise stall every session.
+    gc.freeze()
     app = health.HealthApp(listener.metrics.registry, lambda: listener.ready)
     web = health.server(app, cfg.metrics.address, cfg.metrics.port)
     web_task = asyncio.create_task(web.serve())

@@ -38,6 +38,7 @@ class ServiceRuntime:
         self.replies: base.Replies = replies_for(cfg.kind.wire)
         self.server_tls: ssl.SSLContext | None = None
         self.backend_tls: ssl.SSLContext | None = None
+        self._over_capacity: base.Conversation | None = None
         self.apply(cfg)
 
     def apply(self, cfg: config.ServiceConfig) -> None:
@@ -49,10 +50,21 @@ class ServiceRuntime:
         self.trusted_proxies = acl.AddressSet(cfg.proxy_protocol_from)
         self.limiter.reconfigure(cfg.max_connections, cfg.max_connections_per_address)
         self.replies = replies_for(cfg.kind.wire)
+        self._over_capacity = None
         self.server_tls = server_tls
         self.backend_tls = backend_tls
         self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
         self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)
+
+    def over_capacity(self) -> base.Conversation:
+        """The over-cap refusal. A flood is mostly these: a stateless one (OneShot) is made
+        once per policy and serves every refused client."""
+        conversation = self._over_capacity
+        if conversation is None:
+            conversation = self.replies.over_capacity(self.config.hostname)
+            if isinstance(conversation, base.OneShot):
+                self._over_capacity = conversation
+        return conversation
 
     def reload_tls(self) -> bool:
         """Load the certificate files again; a broken pair keeps the old context."""

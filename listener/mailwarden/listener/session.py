@@ -54,6 +54,7 @@ class ClientConnection(asyncio.Protocol):
         "seen_data",
         "started",
         "state",
+        "tls",
         "transport",
     )
 
@@ -75,6 +76,9 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_down = 0
         self.started = 0.0
         self.idle_since = 0.0
+        # Whether the client leg is TLS (which cannot half-close); known once, not asked
+        # of the transport on every EOF.
+        self.tls = False
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -89,8 +93,9 @@ class ClientConnection(asyncio.Protocol):
         if not peer or not local:  # the peer was gone before we looked
             self.transport.abort()
             return
-        self.peer = self.client = (peer[0], peer[1])
-        self.local = (local[0], local[1])
+        # IPv4 names are already (host, port); IPv6 ones carry flow info and scope id.
+        self.peer = self.client = peer if len(peer) == 2 else (peer[0], peer[1])
+        self.local = local if len(local) == 2 else (local[0], local[1])
         if rt.trusted_proxies and acl.client_address(peer[0]) in rt.trusted_proxies:
             self.state = State.PROXY
             return
@@ -127,7 +132,7 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state is State.RELAY and self.backend is not None:
             backend = self.backend.transport
-            if backend.can_write_eof() and not _is_tls(self.transport):
+            if backend.can_write_eof() and not self.tls:
                 backend.write_eof()
                 self.backend.client_eof = True
                 # Half-close: keep reading what the backend still has to say.
@@ -195,25 +200,27 @@ class ClientConnection(asyncio.Protocol):
             self._fail(m.HANDSHAKE_FAILED, "TLS handshake: closed")
             return
         self.transport = tls_transport
+        self.tls = True
         self._decide()
 
     def _decide(self) -> None:
         rt = self.rt
         try:
-            address = acl.client_address(self.client[0])
+            address, name = acl.parse_client(self.client[0])
         except ValueError:
             self._fail(m.PROXY_ERROR, f"unusable client address {self.client[0]!r}")
             return
         if address not in rt.allow:
             self._refuse(m.DENIED, rt.replies.denied(rt.config.hostname))
             return
-        verdict = rt.limiter.acquire(str(address))
+        verdict = rt.limiter.acquire(name)
         if verdict is not limits.Verdict.ADMITTED:
             outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP
-            self._refuse(outcome, rt.replies.over_capacity(rt.config.hostname))
+            self._refuse(outcome, rt.over_capacity())
             return
         self.admitted = True
-        self.client = (str(address), self.client[1])
+        if name != self.client[0]:
+            self.client = (name, self.client[1])
         rt.metrics.active.inc()
         self.state = State.CONNECTING
         rt.loop.create_task(self._connect())
@@ -222,8 +229,9 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         backend = rt.config.backend
         try:
-            _, protocol = await asyncio.wait_for(
-                rt.loop.create_connection(
+            # asyncio.timeout, not wait_for: wait_for wraps the call in a second task.
+            async with asyncio.timeout(backend.connect_timeout):
+                _, protocol = await rt.loop.create_connection(
                     lambda: BackendConnection(self),
                     backend.host,
                     backend.port,
@@ -231,9 +239,7 @@ class ClientConnection(asyncio.Protocol):
                     server_hostname=(backend.tls.server_name or backend.host)
                     if rt.backend_tls
                     else None,
-                ),
-                timeout=backend.connect_timeout,
-            )
+                )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             if self.state is State.CONNECTING:
                 log.warning(
@@ -255,7 +261,7 @@ class ClientConnection(asyncio.Protocol):
                 proxyproto.build(backend.proxy_protocol, self.client, self.local)
             )
         pending = bytes(self._pending)
-        self._pending = bytearray()
+        self._pending.clear()
         if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
             self.gate = nntp.ReaderGate()
             self.state = State.GATED
@@ -347,6 +353,9 @@ class ClientConnection(asyncio.Protocol):
             rt.metrics.duration.observe(rt.loop.time() - self.started)
         self.flush_counters()
         rt.sessions.discard(self)
+        # Break the client <-> backend reference cycle so both go by reference counting
+        # now, not in a later (and, with thousands of sessions, long) garbage collection.
+        self.backend = None
         rt.session_ended()
 
     def flush_counters(self) -> None:
@@ -385,7 +394,7 @@ class BackendConnection(asyncio.Protocol):
         client = self.client.transport
         if client is None:
             return False
-        if client.can_write_eof() and not _is_tls(client):
+        if client.can_write_eof() and not self.client.tls:
             client.write_eof()
             return not self.client_eof
         client.close()
@@ -408,8 +417,3 @@ class BackendConnection(asyncio.Protocol):
 
 def _claims_proxy(data: bytes) -> bool:
     return data.startswith(proxyproto.V1_PREFIX) or data.startswith(proxyproto.V2_SIGNATURE[:12])
-
-
-def _is_tls(transport: asyncio.BaseTransport | None) -> bool:
-    # TLS transports cannot half-close: TLS has close_notify, not a write-side EOF.
-    return transport is not None and transport.get_extra_info("sslcontext") is not None
