@@ -336,7 +336,9 @@ class GroupItem(_Spec):
         pattern=DNS_SUBDOMAIN,
         description="Another IPAddressGroup in the same namespace, included whole.",
     )
-    description: str | None = Field(default=None, max_length=256, description="A note.")
+    description: str | None = Field(
+        default=None, max_length=256, description="A free-text note about the item."
+    )
 
     @pydantic.model_validator(mode="after")
     def _exactly_one(self) -> GroupItem:
@@ -466,7 +468,9 @@ class MailServiceStatus(_Status):
     effective_max_connections_per_pod: int | None = Field(
         default=None,
         ge=0,
-        description="floor(maxConnections / replicas), what each listener pod enforces. 0: unlimited.",
+        description=(
+            "Connections each listener pod takes: floor(maxConnections / replicas). 0: unlimited."
+        ),
     )
     replicas: int | None = Field(
         default=None, ge=0, description="Listener pods that exist (for the scale subresource)."
