@@ -38,7 +38,9 @@ def test_the_generator_is_deterministic():
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("name", ["mailwarden.io_mailservices.yaml", "mailwarden.io_ipaddressgroups.yaml"])
+@pytest.mark.parametrize(
+    "name", ["mailwarden.io_mailservices.yaml", "mailwarden.io_ipaddressgroups.yaml"]
+)
 def test_each_crd_is_valid_against_the_official_kubernetes_schema(name, version):
     document = yaml.safe_load((CRD_DIR / name).read_text(encoding="utf-8"))
     assert kubernetes_validate.validate(document, version, strict=True)
@@ -59,9 +61,9 @@ def test_names_short_names_categories_and_subresources():
     assert msvc["spec"]["scope"] == ipg["spec"]["scope"] == "Namespaced"
     assert msvc["spec"]["names"]["shortNames"] == ["msvc"]
     assert ipg["spec"]["names"]["shortNames"] == ["ipg"]
-    assert msvc["spec"]["names"]["categories"] == ipg["spec"]["names"]["categories"] == [
-        "mailwarden"
-    ]
+    assert (
+        msvc["spec"]["names"]["categories"] == ipg["spec"]["names"]["categories"] == ["mailwarden"]
+    )
     (version,) = msvc["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {

@@ -56,12 +56,15 @@ def test_every_string_list_and_map_is_bounded(node):
         assert "maxProperties" in node
 
 
-@pytest.mark.parametrize(("kind", "path", "node"), [
-    (kind, path, node)
-    for kind, schema in SCHEMAS.items()
-    for path, node in crdcheck.walk(schema)
-    if node.get("x-kubernetes-preserve-unknown-fields")
-])
+@pytest.mark.parametrize(
+    ("kind", "path", "node"),
+    [
+        (kind, path, node)
+        for kind, schema in SCHEMAS.items()
+        for path, node in crdcheck.walk(schema)
+        if node.get("x-kubernetes-preserve-unknown-fields")
+    ],
+)
 def test_unknown_fields_are_preserved_only_in_pass_through_kubernetes_objects(kind, path, node):
     assert kind == "MailService" and path in PRESERVED
     assert node["type"] == "object"
@@ -76,12 +79,15 @@ def test_every_list_declares_its_list_type(node):
                 assert key in node["items"]["required"]
 
 
-@pytest.mark.parametrize(("path", "node"), [
-    pytest.param(path, node, id=f"{kind}{path}")
-    for kind, schema in SCHEMAS.items()
-    for path, node in crdcheck.walk(schema)
-    if "default" in node
-])
+@pytest.mark.parametrize(
+    ("path", "node"),
+    [
+        pytest.param(path, node, id=f"{kind}{path}")
+        for kind, schema in SCHEMAS.items()
+        for path, node in crdcheck.walk(schema)
+        if "default" in node
+    ],
+)
 def test_every_default_is_valid_against_its_own_schema_once_defaulted(path, node):
     value = crdcheck.apply_defaults(node, node["default"])
     jsonschema.Draft202012Validator(crdcheck.strict_json_schema(node)).validate(value)

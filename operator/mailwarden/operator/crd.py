@@ -28,9 +28,10 @@ from mailwarden.operator import models
 Schema = dict[str, Any]
 
 # -- CEL rules ------------------------------------------------------------------------------
-# Each mirrors a check in models.py; tests/crds evaluates every one against the same examples
-# as pydantic. Plain CEL only (no Kubernetes extension functions) so any CEL library can check
-# them, and every list and string they touch is bounded so the API server can estimate cost.
+# Each mirrors a check in models.py, with the same message where CEL can compute it; the tests
+# evaluate every one against the same examples as pydantic. Plain CEL only (no Kubernetes
+# extension functions such as ip() or isCIDR()) so any CEL library can check them, and every
+# list and string they touch is bounded so the API server can estimate their cost.
 
 
 def _cel_list(names: Sequence[str]) -> str:
@@ -41,7 +42,9 @@ def _cel_default_ports() -> str:
     return "{" + ", ".join(f"'{k.name}': {k.port}" for k in catalogue.CATALOGUE.values()) + "}"
 
 
-_IMPLICIT_TLS = [k.name for k in catalogue.CATALOGUE.values() if k.tls is catalogue.TLSMode.IMPLICIT]
+_IMPLICIT_TLS = [
+    k.name for k in catalogue.CATALOGUE.values() if k.tls is catalogue.TLSMode.IMPLICIT
+]
 
 
 def _same_endpoint(a: str, b: str) -> str:
@@ -90,8 +93,13 @@ RULES: dict[str, list[Schema]] = {
             "rule": "!has(self.access) || !has(self.access.maxConnections)"
             " || self.access.maxConnections == 0"
             " || self.access.maxConnections >= (has(self.replicas) ? self.replicas : 1)",
-            "message": "access.maxConnections must be 0 (unlimited) or at least replicas: each "
-            "replica takes floor(maxConnections / replicas) connections",
+            "message": "access.maxConnections is below replicas; each replica takes "
+            "floor(maxConnections / replicas) connections, so use 0 (unlimited) or at least "
+            "replicas",
+            "messageExpression": "'access.maxConnections: ' + string(self.access.maxConnections)"
+            " + ' is below replicas (' + string(has(self.replicas) ? self.replicas : 1) + '); "
+            "each replica takes floor(maxConnections / replicas) connections, so use 0 "
+            "(unlimited) or at least replicas'",
             "fieldPath": ".access.maxConnections",
             "reason": "FieldValueInvalid",
         },

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from mailwarden.listener import catalogue
 
@@ -43,9 +44,9 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 # Coarse shapes of addresses and networks for the CRD schema (the API server has no portable
 # IP check); the validators below do the precise parsing. Schema-only, so pydantic's own,
 # clearer messages stay.
-IP_SHAPE = {"pattern": r"^[0-9A-Fa-f:.]+$"}
-NETWORK_SHAPE = {"pattern": r"^[0-9A-Fa-f:.]+(/[0-9A-Fa-f:.]+)?$"}
-RANGE_SHAPE = {"pattern": r"^ *[0-9A-Fa-f:.]+ *- *[0-9A-Fa-f:.]+ *$"}
+IP_SHAPE: JsonDict = {"pattern": r"^[0-9A-Fa-f:.]+$"}
+NETWORK_SHAPE: JsonDict = {"pattern": r"^[0-9A-Fa-f:.]+(/[0-9A-Fa-f:.]+)?$"}
+RANGE_SHAPE: JsonDict = {"pattern": r"^ *[0-9A-Fa-f:.]+ *- *[0-9A-Fa-f:.]+ *$"}
 Cidr = Annotated[str, Field(max_length=64, json_schema_extra=NETWORK_SHAPE)]
 LabelValue = Annotated[str, Field(max_length=63)]
 AnnotationValue = Annotated[str, Field(max_length=4096)]
@@ -421,8 +422,7 @@ class Condition(_Status):
         max_length=1024,
         pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
         description=(
-            "Why, in CamelCase (e.g. ListenConflict, IPAddressGroupNotFound, "
-            "BackendUnreachable)."
+            "Why, in CamelCase (e.g. ListenConflict, IPAddressGroupNotFound, BackendUnreachable)."
         ),
     )
     message: str = Field(max_length=32768, description="Details for people.")
