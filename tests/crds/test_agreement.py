@@ -2,10 +2,12 @@
 server enforces) accept and refuse the same manifests, and default them the same way."""
 
 import copy
+import pathlib
 import re
 
 import pydantic
 import pytest
+import yaml
 
 from mailwarden.listener import catalogue
 from mailwarden.operator import crd, models
@@ -229,4 +231,21 @@ def test_address_details_beyond_the_schemas_reach_are_refused_by_the_models(obj)
     _, errors = crdcheck.validate(crd_for(obj), obj)
     assert errors == []
     with pytest.raises(pydantic.ValidationError):
+        model_for(obj).model_validate(copy.deepcopy(obj))
+
+
+def readme_examples():
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    return [d for b in blocks for d in yaml.safe_load_all(b) if d and "kind" in d]
+
+
+def test_the_readme_examples_of_both_kinds_are_accepted_by_both():
+    examples = readme_examples()
+    assert {e["kind"] for e in examples} >= {"MailService", "IPAddressGroup"}
+    for obj in examples:
+        if obj["kind"] not in ("MailService", "IPAddressGroup"):
+            continue
+        _, errors = crdcheck.validate(crd_for(obj), obj)
+        assert errors == [], obj["metadata"]
         model_for(obj).model_validate(copy.deepcopy(obj))

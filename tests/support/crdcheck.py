@@ -166,7 +166,10 @@ def validate(
     schema = openapi_schema(crd)
     stored = apply_defaults(schema, obj)
     errors = []
-    validator = jsonschema.Draft202012Validator(strict_json_schema(schema))
+    strict = strict_json_schema(schema)
+    # ObjectMeta is the API server's: the CRD may only restrict name and generateName.
+    del strict["properties"]["metadata"]["additionalProperties"]
+    validator = jsonschema.Draft202012Validator(strict)
     for error in sorted(validator.iter_errors(stored), key=str):
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
         errors.append(f"{_dotted(where) or '<root>'}: {error.message}")
