@@ -106,11 +106,16 @@ VALID = [
     ),
     pytest.param(ipg(), id="empty-group"),
 ]
-# Valid, but pydantic rewrites them into canonical form.
+# Valid, but pydantic rewrites them into canonical form (or, for nulls, the API server drops
+# them and pydantic reads them as absent).
 REWRITTEN = [
     pytest.param(ipg({"network": "198.51.100.0/255.255.255.0"}), id="address/mask"),
     pytest.param(ipg({"range": "203.0.113.10 - 203.0.113.50"}), id="range-with-spaces"),
     pytest.param(msvc(listen=[{"address": "2001:DB8:0::1"}]), id="ipv6-upper-case"),
+    pytest.param(msvc(tls=None, listen=[{"address": None, "port": None}]), id="nulls"),
+    pytest.param(
+        msvc(access={"allowFrom": None}, backend={"host": "h", "port": None}), id="nulls2"
+    ),
 ]
 
 # (manifest, the field both must name)

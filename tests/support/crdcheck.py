@@ -37,14 +37,19 @@ def walk(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
 
 
 def apply_defaults(schema: Schema, value: Any) -> Any:
-    """The API server's defaulting: a copy of value with absent properties defaulted, nested
-    defaults applied inside defaulted objects too."""
+    """The API server's defaulting: a copy of value with nulls pruned and absent properties
+    defaulted, nested defaults applied inside defaulted objects too."""
     value = copy.deepcopy(value)
     return _default(schema, value)
 
 
 def _default(schema: Schema, value: Any) -> Any:
     if isinstance(value, dict):
+        if not schema.get("x-kubernetes-preserve-unknown-fields"):
+            # Fields that are not nullable: null is pruned before defaulting, as if absent.
+            for name in [k for k, v in value.items() if v is None]:
+                if not schema.get("properties", {}).get(name, {}).get("nullable"):
+                    del value[name]
         for name, sub in schema.get("properties", {}).items():
             if name not in value and "default" in sub:
                 value[name] = copy.deepcopy(sub["default"])
