@@ -154,6 +154,9 @@ class _Converter:
         if "$ref" in node:
             name = node.pop("$ref").rsplit("/", 1)[-1]
             merged = {**self.defs[name], **node}
+            # The model's docstring says more than the one-line field description.
+            if "description" in self.defs[name]:
+                merged["description"] = self.defs[name]["description"]
             return self.convert(merged, owner=name)
         if "anyOf" in node:
             variants = [v for v in node.pop("anyOf") if v != {"type": "null"}]
