@@ -2,9 +2,11 @@
 server enforces) accept and refuse the same manifests, and default them the same way."""
 
 import copy
+import datetime
 import pathlib
 import re
 
+import jsonschema
 import pydantic
 import pytest
 import yaml
@@ -254,3 +256,49 @@ def test_the_readme_examples_of_both_kinds_are_accepted_by_both():
         _, errors = crdcheck.validate(crd_for(obj), obj)
         assert errors == [], obj["metadata"]
         model_for(obj).model_validate(copy.deepcopy(obj))
+
+
+def test_a_status_built_with_the_status_models_passes_the_crd_status_schema():
+    when = datetime.datetime(2026, 11, 28, 8, 0, tzinfo=datetime.UTC)
+    ready = models.Condition(
+        type="Ready",
+        status="False",
+        reason="ListenConflict",
+        message="192.0.2.1:25 is taken by mail/smtp",
+        last_transition_time=when,
+        observed_generation=3,
+    )
+    statuses = [
+        (
+            MSVC,
+            models.MailServiceStatus(
+                observed_generation=3,
+                conditions=[ready],
+                state="Starting",
+                last_state_change=when,
+                endpoints=["192.0.2.1:25", "[2001:db8::1]:25", "*:587"],
+                effective_max_connections_per_pod=50,
+                replicas=2,
+                selector="app.kubernetes.io/name=mailwarden,app.kubernetes.io/instance=smtp",
+            ),
+        ),
+        (
+            IPG,
+            models.IPAddressGroupStatus(
+                observed_generation=1, conditions=[ready], cidrs=["192.0.2.0/24", "2001:db8::/32"]
+            ),
+        ),
+    ]
+    for crd_, status in statuses:
+        dumped = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        schema = crdcheck.strict_json_schema(crdcheck.openapi_schema(crd_)["properties"]["status"])
+        jsonschema.Draft202012Validator(schema).validate(dumped)
+        # RFC 3339, as metav1.Time serialises.
+        assert dumped["conditions"][0]["lastTransitionTime"] == "2026-11-28T08:00:00Z"
+
+
+def test_a_condition_without_a_reason_is_refused_by_the_crd_status_schema():
+    schema = crdcheck.strict_json_schema(crdcheck.openapi_schema(MSVC)["properties"]["status"])
+    condition = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-28T08:00:00Z"}
+    with pytest.raises(jsonschema.ValidationError, match="reason"):
+        jsonschema.Draft202012Validator(schema).validate({"conditions": [condition]})
