@@ -173,6 +173,7 @@ class ProxyProtocol(_Spec):
 
     trusted_cidrs: list[Cidr] = Field(
         default_factory=list,
+        alias="trustedCIDRs",  # Kubernetes spells the acronym whole (podCIDR, serviceCIDR)
         max_length=64,
         description="Only these peers may send a PROXY header; anyone else sending one is refused.",
     )
