@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Client bytes held while the backend connection is being made; past this the client is
 # paused, not buffered without bound.
 PENDING_LIMIT = 64 * 1024
+EMPTY = b""
 
 
 class State(enum.Enum):
@@ -38,6 +39,7 @@ class State(enum.Enum):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "_local",
         "_pending",
         "active",
         "admitted",
@@ -48,7 +50,6 @@ class ClientConnection(asyncio.Protocol):
         "conversation",
         "gate",
         "idle_since",
-        "local",
         "peer",
         "rt",
         "seen_data",
@@ -65,10 +66,12 @@ class ClientConnection(asyncio.Protocol):
         self.backend: BackendConnection | None = None
         self.conversation: base.Conversation | None = None
         self.gate: nntp.ReaderGate | None = None
-        self._pending = bytearray()
+        # Client bytes that arrive before the session can take them; a bytearray only once
+        # there are some, so that the thousands of sessions that never have any carry none.
+        self._pending: bytes | bytearray = EMPTY
         self.peer: tuple[str, int] = ("", 0)
         self.client: tuple[str, int] = ("", 0)
-        self.local: tuple[str, int] = ("", 0)
+        self._local: tuple[str, int] | None = None
         self.admitted = False
         self.seen_data = False
         self.active = False
@@ -89,13 +92,11 @@ class ClientConnection(asyncio.Protocol):
         self.started = self.idle_since = rt.loop.time()
         rt.sessions.add(self)
         peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        if not peer or not local:  # the peer was gone before we looked
+        if not peer:  # the peer was gone before we looked
             self.transport.abort()
             return
         # IPv4 names are already (host, port); IPv6 ones carry flow info and scope id.
         self.peer = self.client = peer if len(peer) == 2 else (peer[0], peer[1])
-        self.local = local if len(local) == 2 else (local[0], local[1])
         if rt.trusted_proxies and acl.client_address(peer[0]) in rt.trusted_proxies:
             self.state = State.PROXY
             return
@@ -116,7 +117,7 @@ class ClientConnection(asyncio.Protocol):
                 self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
                 return
         if state is State.PROXY:
-            self._pending += data
+            self._hold(data)
             self._read_proxy_header()
         elif state is State.GATED:
             assert self.gate is not None and self.backend is not None
@@ -125,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
             assert self.conversation is not None
             self._say(self.conversation.feed(data))
         elif state in (State.CONNECTING, State.TLS):
-            self._pending += data
+            self._hold(data)
             if len(self._pending) > PENDING_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
 
@@ -151,6 +152,27 @@ class ClientConnection(asyncio.Protocol):
         if self.backend is not None:
             self.backend.transport.resume_reading()
 
+    @property
+    def local(self) -> tuple[str, int]:
+        """The address the client connected to, or the one a trusted PROXY header names.
+        Asked of the kernel only when something needs it (PROXY towards the backend): an
+        idle session should not carry it."""
+        local = self._local
+        if local is None:
+            sockname = self.transport.get_extra_info("sockname") if self.transport else None
+            local = self._local = (sockname[0], sockname[1]) if sockname else ("", 0)
+        return local
+
+    @local.setter
+    def local(self, value: tuple[str, int]) -> None:
+        self._local = value
+
+    def _hold(self, data: bytes) -> None:
+        if self._pending:
+            self._pending += data
+        else:
+            self._pending = bytearray(data)
+
     # -- the session's steps -----------------------------------------------------------
 
     def _read_proxy_header(self) -> None:
@@ -164,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
                 self._fail(m.PROXY_ERROR, "PROXY header too long")
             return
         addresses, used = parsed
-        del self._pending[:used]
+        self._pending = self._pending[used:]
         if addresses.source is not None:
             self.client = addresses.source
         if addresses.destination is not None:
@@ -185,7 +207,7 @@ class ClientConnection(asyncio.Protocol):
         assert transport is not None
         # The raw transport may already hold bytes of the ClientHello.
         early = bytes(self._pending)
-        self._pending.clear()
+        self._pending = EMPTY
         try:
             tls_transport = await asyncio.wait_for(
                 self.rt.loop.start_tls(transport, self, ctx, server_side=True),
@@ -228,29 +250,40 @@ class ClientConnection(asyncio.Protocol):
     async def _connect(self) -> None:
         rt = self.rt
         backend = rt.config.backend
+        loop = rt.loop
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        # One timer, not asyncio.timeout or wait_for: those cost a context manager's frames
+        # or a second task per session, more than the rest of the admission.
+        timer = loop.call_later(backend.connect_timeout, expire)
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the call in a second task.
-            async with asyncio.timeout(backend.connect_timeout):
-                _, protocol = await rt.loop.create_connection(
-                    lambda: BackendConnection(self),
-                    backend.host,
-                    backend.port,
-                    ssl=rt.backend_tls,
-                    server_hostname=(backend.tls.server_name or backend.host)
-                    if rt.backend_tls
-                    else None,
-                )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            if self.state is State.CONNECTING:
-                log.warning(
-                    "%s: backend %s:%s unavailable: %s",
-                    rt.config.name,
-                    backend.host,
-                    backend.port,
-                    exc,
-                )
-                self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
+            _, protocol = await loop.create_connection(
+                lambda: BackendConnection(self),
+                backend.host,
+                backend.port,
+                ssl=rt.backend_tls,
+                server_hostname=(backend.tls.server_name or backend.host)
+                if rt.backend_tls
+                else None,
+            )
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # cancelled from outside (shutdown), not by the timer
+            task.uncancel()
+            self._backend_failed(TimeoutError())
             return
+        except (OSError, ssl.SSLError) as exc:
+            self._backend_failed(exc)
+            return
+        finally:
+            timer.cancel()
         if self.state is not State.CONNECTING:  # the client left meanwhile
             protocol.transport.close()
             return
@@ -261,7 +294,7 @@ class ClientConnection(asyncio.Protocol):
                 proxyproto.build(backend.proxy_protocol, self.client, self.local)
             )
         pending = bytes(self._pending)
-        self._pending.clear()
+        self._pending = EMPTY
         if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
             self.gate = nntp.ReaderGate()
             self.state = State.GATED
@@ -274,6 +307,16 @@ class ClientConnection(asyncio.Protocol):
                 protocol.transport.write(pending)
         if self.transport is not None:
             self.transport.resume_reading()
+
+    def _backend_failed(self, exc: BaseException) -> None:
+        if self.state is not State.CONNECTING:
+            return
+        rt = self.rt
+        backend = rt.config.backend
+        log.warning(
+            "%s: backend %s:%s unavailable: %s", rt.config.name, backend.host, backend.port, exc
+        )
+        self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
 
     def _apply_gate(self, out: nntp.Output) -> None:
         assert self.backend is not None and self.transport is not None
@@ -299,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
         self._say(conversation.opening())
         if self.state is State.REFUSING and self._pending:
             pending = bytes(self._pending)
-            self._pending.clear()
+            self._pending = EMPTY
             self._say(conversation.feed(pending))
 
     def _say(self, reply: base.Reply) -> None:
