@@ -353,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=pathlib.Path, help="also write every round here")
     parser.add_argument("--quiet", action="store_true", help="no per-round lines")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        help="scheduling priority of every process of the run (negative needs root): "
+        "keeps other work on a shared machine from skewing the figures",
+    )
     args = parser.parse_args(argv)
     p = SMOKE if args.smoke else FULL
     if args.rounds:
@@ -371,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    procs.NICE = args.nice
     started = time.monotonic()
     load = os.getloadavg()
     results = run(names, p, order, log)
@@ -378,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         f"medians of {p.rounds} interleaved round(s), {time.monotonic() - started:.0f} s; "
-        f"load average before: {load[0]:.2f} (after: {os.getloadavg()[0]:.2f})\n"
+        f"load average before: {load[0]:.2f} (after: {os.getloadavg()[0]:.2f})"
+        + (f", nice {args.nice}" if args.nice is not None else "")
+        + "\n"
     )
     print(text)
     print(f"\ntargets met: {sum(verdicts)} of {len(verdicts)}")
