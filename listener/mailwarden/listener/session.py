@@ -133,11 +133,13 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.state is State.RELAY and self.backend is not None:
             backend = self.backend.transport
-            if backend.can_write_eof() and not self.tls:
+            if backend.can_write_eof() and not self.tls and not self.backend.backend_eof:
                 backend.write_eof()
                 self.backend.client_eof = True
                 # Half-close: keep reading what the backend still has to say.
-                return not self.backend.backend_eof
+                return True
+            # Both sides have finished (or TLS cannot half-close): close() sends the FIN
+            # that write_eof would, one system call less.
             backend.close()
         return False
 
@@ -437,9 +439,9 @@ class BackendConnection(asyncio.Protocol):
         client = self.client.transport
         if client is None:
             return False
-        if client.can_write_eof() and not self.client.tls:
+        if client.can_write_eof() and not self.client.tls and not self.client_eof:
             client.write_eof()
-            return not self.client_eof
+            return True
         client.close()
         return False
 
