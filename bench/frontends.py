@@ -61,6 +61,8 @@ frontend smtp
 
 frontend stream
     bind 127.0.0.1:{stream_port}
+    acl allowed src {allow}
+    tcp-request content use-service lua.denied if !allowed
     default_backend stream
 
 backend relay
