@@ -1,7 +1,7 @@
 """mailwarden's listener against HAProxy: the same backend, the same policy, the same load
 generator, interleaved runs (A B A B ...), medians and ratios mailwarden/HAProxy.
 
-    python -m bench.listener_vs_haproxy            # full run, about three minutes
+    python -m bench.listener_vs_haproxy            # full run, about four minutes
     python -m bench.listener_vs_haproxy --smoke    # every benchmark, a few seconds each
     python -m bench.listener_vs_haproxy --only sessions,flood --rounds 5
 """
@@ -29,7 +29,7 @@ Result = dict[str, float]
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    rounds: int = 3
+    rounds: int = 5
     # session rate
     concurrency: int = 50
     session_seconds: float = 3.0
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(BENCHMARKS), help=f"comma list of {', '.join(BENCHMARKS)}"
     )
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; smoke 1)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; smoke 1)")
     parser.add_argument(
         "--frontends", default="mailwarden,haproxy", help="which front ends, in run order"
     )
