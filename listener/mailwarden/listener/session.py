@@ -99,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.active = True
         state = self.state
-        if state is State.RELAY:
+        if state is State.RELAY and self.seen_data:
             self.bytes_up += len(data)
             assert self.backend is not None
             self.backend.transport.write(data)
@@ -107,10 +107,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.seen_data:
             self.seen_data = True
             if state is not State.PROXY and _claims_proxy(data):
-                # Only trusted load balancers may say who the client is.
+                # Only trusted load balancers may say who the client is. Checked even when
+                # the relay is already up: whether the backend connected before the client's
+                # first bytes arrived must not decide whether a forged header gets through.
                 self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
                 return
-        if state is State.PROXY:
+        if state is State.RELAY:
+            self.bytes_up += len(data)
+            assert self.backend is not None
+            self.backend.transport.write(data)
+        elif state is State.PROXY:
             self._pending += data
             self._read_proxy_header()
         elif state is State.GATED:
