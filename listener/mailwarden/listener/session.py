@@ -228,7 +228,9 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         backend = rt.config.backend
         try:
-            _, protocol = await asyncio.wait_for(
+            # On success BackendConnection.connection_made has already adopted the backend
+            # (see _backend_connected).
+            await asyncio.wait_for(
                 rt.loop.create_connection(
                     lambda: BackendConnection(self),
                     backend.host,
@@ -250,7 +252,13 @@ class ClientConnection(asyncio.Protocol):
                     exc,
                 )
                 self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
-            return
+
+    def _backend_connected(self, protocol: BackendConnection) -> None:
+        """Called from the backend's connection_made: before any byte from the backend can
+        arrive, so the greeting already meets the NNTP gate and the relay state. (After the
+        `await` in _connect would be too late: the backend's data_received may run first.)"""
+        rt = self.rt
+        backend = rt.config.backend
         if self.state is not State.CONNECTING:  # the client left meanwhile
             protocol.transport.close()
             return
@@ -375,6 +383,7 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.client._backend_connected(self)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
