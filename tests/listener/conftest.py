@@ -17,9 +17,7 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     traceback (an exception escaping a callback is logged by asyncio with exc_info)."""
     caplog.set_level(logging.INFO)
     yield
-    broken = [
-        r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()
-    ]
+    broken = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
     assert not broken, "\n".join(caplog.text.splitlines()[-40:])
 
 

@@ -4,8 +4,8 @@ PROXY protocol towards Dovecot."""
 from __future__ import annotations
 
 import imaplib
-import re
 import poplib
+import re
 
 import pytest
 
@@ -15,9 +15,7 @@ from tests.support.servers import MAIL_PASSWORD, MAIL_USER
 
 ALLOWED = ("127.0.0.1/32", "127.0.0.10/32", "127.0.0.31/32", "127.0.0.32/32")
 
-POP3_DENIED = (
-    b"-ERR [SYS/PERM] Access denied: your address is not allowed to use this service\r\n"
-)
+POP3_DENIED = b"-ERR [SYS/PERM] Access denied: your address is not allowed to use this service\r\n"
 POP3_OVER_CAP = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 POP3_UNAVAILABLE = b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
 IMAP_DENIED = b"* BYE Access denied: your address is not allowed to use this service\r\n"

@@ -63,7 +63,7 @@ def test_a_trusted_balancer_vouches_for_an_allowed_client_which_is_admitted(bala
 
 
 def test_a_v2_header_with_an_ipv6_client_is_judged_on_that_address(balanced):
-    svc, lt = balanced
+    svc, _lt = balanced
     with connect(svc.listen[0].port, source=BALANCER) as s:
         s.sendall(v2("2001:db8:1::42"))
         assert read_line(s) == GREETING
@@ -73,9 +73,7 @@ def test_a_v2_header_with_an_ipv6_client_is_judged_on_that_address(balanced):
 
 
 @pytest.mark.parametrize("header", [v1, v2], ids=["v1", "v2"])
-def test_the_access_rules_apply_to_the_address_in_the_header_not_to_the_balancer(
-    balanced, header
-):
+def test_the_access_rules_apply_to_the_address_in_the_header_not_to_the_balancer(balanced, header):
     svc, lt = balanced
     with connect(svc.listen[0].port, source=BALANCER) as s:
         s.sendall(header("203.0.113.9"))

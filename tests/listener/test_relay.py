@@ -114,7 +114,9 @@ def test_a_burst_of_n_plus_k_simultaneous_clients_against_a_cap_of_n_admits_exac
         assert answers.count(GREETING) == n
         assert answers.count(OVER_CAP) == k
         assert lt.active("mail/smtp") == n
-        assert lt.metric("mailwarden_connections_total", service="mail/smtp", outcome="over_cap") == k  # noqa: E501
+        assert (
+            lt.metric("mailwarden_connections_total", service="mail/smtp", outcome="over_cap") == k
+        )
         assert back.connections == n
     finally:
         for s in clients:
@@ -125,11 +127,19 @@ def test_a_burst_of_n_plus_k_simultaneous_clients_against_a_cap_of_n_admits_exac
 def test_ipv6_loopback_clients_are_relayed_and_checked_against_ipv6_cidrs(run_listener, backend):
     back = backend(greeter(GREETING), host="::1")
     allowed = service(
-        "mail/smtp6", "SMTP", address="::1", backend_host="::1", backend_port=back.port,
+        "mail/smtp6",
+        "SMTP",
+        address="::1",
+        backend_host="::1",
+        backend_port=back.port,
         allow=("::1/128",),
     )
     denied = service(
-        "mail/imap6", "IMAP", address="::1", backend_host="::1", backend_port=back.port,
+        "mail/imap6",
+        "IMAP",
+        address="::1",
+        backend_host="::1",
+        backend_port=back.port,
         allow=("2001:db8::/32", "127.0.0.0/8"),
     )
     lt = run_listener(allowed, denied)

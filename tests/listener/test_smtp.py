@@ -69,7 +69,9 @@ def test_an_allowed_client_sends_a_message_through_the_listener_to_postfix_and_r
 
     wait_until(lambda: subject in fetch_subjects(), what="the message in the IMAP inbox")
     assert lt.metric("mailwarden_connections_total", service="mail/smtp", outcome="accepted") == 1
-    assert lt.metric("mailwarden_relayed_bytes_total", service="mail/smtp", direction="upstream") > len(message)  # noqa: E501
+    assert lt.metric(
+        "mailwarden_relayed_bytes_total", service="mail/smtp", direction="upstream"
+    ) > len(message)
     lt.wait_metric("mailwarden_connections_active", 0, service="mail/smtp")
 
 
@@ -169,8 +171,7 @@ def test_with_the_backend_down_clients_get_421_4_4_1_and_the_listener_keeps_serv
         with connect(port) as s:
             assert read_until_eof(s) == UNAVAILABLE
     assert (
-        lt.metric("mailwarden_connections_total", service="mail/smtp", outcome="backend_error")
-        == 3
+        lt.metric("mailwarden_connections_total", service="mail/smtp", outcome="backend_error") == 3
     )
     assert lt.active("mail/smtp") == 0
     # The backend comes back on the same port: the next client is relayed to it.

@@ -37,8 +37,9 @@ def test_an_empty_set_admits_no_one_and_no_rule_admits_everyone():
 
 
 def test_overlapping_networks_are_merged():
-    s = acl.AddressSet(["192.0.2.0/25", "192.0.2.128/25", "192.0.2.7/32", "2001:db8::/33",
-                        "2001:db8:8000::/33"])
+    s = acl.AddressSet(
+        ["192.0.2.0/25", "192.0.2.128/25", "192.0.2.7/32", "2001:db8::/33", "2001:db8:8000::/33"]
+    )
     assert s.cidrs == ("192.0.2.0/24", "2001:db8::/32")
 
 

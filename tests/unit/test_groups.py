@@ -4,6 +4,7 @@ describe, minimal, with nested groups followed and unknown groups and cycles rep
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Iterable
 
 import pytest
@@ -143,7 +144,7 @@ def test_the_resolved_cidrs_hold_exactly_the_addresses_of_every_reachable_item(d
     assert bool(result.cycles) == has_cycle(root, {g: edges[g] for g in specs})
     for cycle in result.cycles:
         assert cycle[0] == cycle[-1]
-        for a, b in zip(cycle, cycle[1:], strict=False):
+        for a, b in itertools.pairwise(cycle):
             assert b in edges[a]
     assert result.ok == (not result.missing and not result.cycles)
 
