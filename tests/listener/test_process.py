@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import threading
 import time
@@ -70,8 +71,12 @@ class Served:
             self._thread.join(20)
 
 
-def write(path: pathlib.Path, cfg: lc.ListenerConfig) -> None:
-    path.write_text(lc.dumps(cfg))
+def write(path: pathlib.Path, text: str) -> None:
+    # Replace the file at once, as Kubernetes swaps a mounted ConfigMap: the listener polls,
+    # and a half-written file (empty, say) is a different, valid configuration.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @pytest.fixture
@@ -83,7 +88,7 @@ def served(tmp_path, backend) -> Iterator[tuple[Served, pathlib.Path, lc.Listene
         drain_seconds=3,
     )
     path = tmp_path / "listener.yaml"
-    write(path, cfg)
+    write(path, lc.dumps(cfg))
     s = Served(path).start()
     yield s, path, cfg
     s.shutdown()
@@ -147,7 +152,7 @@ def test_an_invalid_config_file_is_refused_counted_and_the_old_config_keeps_work
 ):
     s, path, cfg = served
     port = cfg.services[0].listen[0].port
-    path.write_text(broken)
+    write(path, broken)
     wait_until(
         lambda: s.metric("mailwarden_config_reloads_total", result="failure") == 1,
         what="the broken file to be refused",
@@ -161,7 +166,7 @@ def test_an_invalid_config_file_is_refused_counted_and_the_old_config_keeps_work
     changed = cfg.model_copy(
         update={"services": (cfg.services[0].model_copy(update={"allow": ("127.0.0.2/32",)}),)}
     )
-    write(path, changed)
+    write(path, lc.dumps(changed))
     wait_until(
         lambda: s.metric("mailwarden_config_reloads_total", result="success") == 2,
         what="the good file to be taken",
