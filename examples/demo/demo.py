@@ -44,6 +44,8 @@ def wait_for(what: str, predicate: Callable[[], bool]) -> None:
 
 def port_free(address: tuple[str, int]) -> bool:
     with socket.socket() as s:
+        # Connections of a previous run may linger in TIME_WAIT; the servers reuse the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(address)
         except OSError:
