@@ -152,3 +152,20 @@ def test_ipv6_loopback_clients_are_relayed_and_checked_against_ipv6_cidrs(run_li
         )
     assert lt.metric("mailwarden_connections_total", service="mail/smtp6", outcome="accepted") == 1
     assert lt.metric("mailwarden_connections_total", service="mail/imap6", outcome="denied") == 1
+
+
+def test_the_nntp_gate_sees_a_greeting_that_arrives_the_moment_the_backend_connects(
+    run_listener, backend
+):
+    # A news server that greets at once: its greeting may reach the listener before the
+    # coroutine that connected to it resumes. The gate must still be in place to see it,
+    # or it waits forever for a greeting that already went by.
+    back = backend(greeter(b"200 quick news\r\n"))
+    svc = service("news/nntp", "NNTP", backend_port=back.port)
+    lt = run_listener(svc)
+    for _ in range(100):
+        with connect(svc.listen[0].port) as s:
+            assert read_line(s) == b"200 quick news\r\n"
+            s.sendall(b"GROUP misc.test\r\n")
+            assert read_line(s) == b"480 Authentication required\r\n"
+    assert lt.metric("mailwarden_connections_total", service="news/nntp", outcome="accepted") == 100
