@@ -38,6 +38,7 @@ class State(enum.Enum):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "_eof",
         "_pending",
         "active",
         "admitted",
@@ -65,6 +66,8 @@ class ClientConnection(asyncio.Protocol):
         self.conversation: base.Conversation | None = None
         self.gate: nntp.ReaderGate | None = None
         self._pending = bytearray()
+        # The client half-closed before its bytes could go to the backend.
+        self._eof = False
         self.peer: tuple[str, int] = ("", 0)
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -139,6 +142,15 @@ class ClientConnection(asyncio.Protocol):
                 # Half-close: keep reading what the backend still has to say.
                 return not self.backend.backend_eof
             backend.close()
+            return False
+        if self.state in (State.CONNECTING, State.GATED) and not _is_tls(self.transport):
+            # `printf 'EHLO x\r\nQUIT\r\n' | nc -N`: the client has said everything before
+            # the backend is reachable (or while the NNTP gate holds its commands). Keep the
+            # session; the EOF follows its bytes once they are delivered.
+            self._eof = True
+            if self.state is State.GATED:
+                self._gate_eof()
+            return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -280,6 +292,8 @@ class ClientConnection(asyncio.Protocol):
             if pending:
                 self.bytes_up += len(pending)
                 protocol.transport.write(pending)
+            if self._eof:
+                self._pass_eof()
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -296,6 +310,24 @@ class ClientConnection(asyncio.Protocol):
         if out.open:
             self.state = State.RELAY
             self.gate = None
+        if self._eof:
+            self._gate_eof()
+
+    def _gate_eof(self) -> None:
+        # Pass the client's EOF on once the gate has no command waiting for its turn or
+        # its answer.
+        if self.backend is not None and (self.gate is None or self.gate.idle):
+            self._pass_eof()
+
+    def _pass_eof(self) -> None:
+        assert self.backend is not None
+        if self.backend.client_eof:
+            return
+        self.backend.client_eof = True
+        if self.backend.transport.can_write_eof():
+            self.backend.transport.write_eof()
+        else:
+            self.backend.transport.close()
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
         self.rt.metrics.outcome[outcome].inc()
