@@ -7,6 +7,7 @@ every 480 the client gets can only come from the listener. AUTHINFO is checked b
 
 from __future__ import annotations
 
+import socket
 import warnings
 
 import pytest
@@ -149,3 +150,18 @@ def test_with_inn_unreachable_a_reader_gets_400(run_listener):
     run_listener(svc)
     with connect(svc.listen[0].port) as s:
         assert read_until_eof(s) == UNAVAILABLE
+
+
+def test_a_scripted_reader_that_half_closes_at_once_gets_every_answer_from_the_gate_and_inn(
+    run_listener, inn
+):
+    svc = service("news/nntp", "NNTP", backend_port=inn.port)
+    run_listener(svc)
+    with connect(svc.listen[0].port) as s:
+        s.sendall(b"CAPABILITIES\r\nGROUP test.news\r\nQUIT\r\n")
+        s.shutdown(socket.SHUT_WR)
+        lines = read_until_eof(s).splitlines(keepends=True)
+    assert lines[0].startswith(b"201 ")
+    assert lines[1].startswith(b"101 ")
+    end = lines.index(b".\r\n")
+    assert lines[end + 1 :] == [AUTH_REQUIRED, b"205 Bye!\r\n"]

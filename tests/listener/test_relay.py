@@ -169,3 +169,18 @@ def test_the_nntp_gate_sees_a_greeting_that_arrives_the_moment_the_backend_conne
             s.sendall(b"GROUP misc.test\r\n")
             assert read_line(s) == b"480 Authentication required\r\n"
     assert lt.metric("mailwarden_connections_total", service="news/nntp", outcome="accepted") == 100
+
+
+def test_a_client_that_says_everything_and_half_closes_before_the_backend_answers_loses_nothing(
+    run_listener, backend
+):
+    # What `printf 'EHLO x\r\nQUIT\r\n' | nc -N host port` does: the bytes and the EOF
+    # reach the listener while it is still connecting to the backend.
+    back = backend(echo_then_trailer(GREETING, b"221 bye\r\n"))
+    svc = service("mail/smtp", "SMTP", backend_port=back.port)
+    run_listener(svc)
+    for _ in range(30):
+        with connect(svc.listen[0].port) as s:
+            s.sendall(b"EHLO x\r\nQUIT\r\n")
+            s.shutdown(socket.SHUT_WR)
+            assert read_until_eof(s) == GREETING + b"EHLO x\r\nQUIT\r\n221 bye\r\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import imaplib
 import smtplib
+import socket
 
 import pytest
 
@@ -208,3 +209,17 @@ def test_a_silent_refused_client_is_closed_after_the_refusal_timeout(run_listene
     with connect(svc.listen[0].port, source="127.0.0.66") as s:
         assert read_line(s) == DENIED
         assert closed_by_peer(s, timeout=3)
+
+
+def test_postfix_answers_a_whole_conversation_sent_with_an_early_half_close(run_listener, postfix):
+    svc = smtp_service(postfix)
+    run_listener(svc)
+    with connect(svc.listen[0].port) as s:
+        s.sendall(b"HELO scripted.example\r\nQUIT\r\n")
+        s.shutdown(socket.SHUT_WR)
+        replies = read_until_eof(s, timeout=10).splitlines()
+    assert replies == [
+        b"220 mx.test.example ESMTP Postfix",
+        b"250 mx.test.example",
+        b"221 2.0.0 Bye",
+    ]

@@ -105,3 +105,16 @@ def test_however_the_servers_answer_is_cut_the_reader_gets_it_whole_then_the_480
         last = cut
     got += gate.from_backend(CAPS[last:]).to_client
     assert bytes(got) == CAPS + AUTH_REQUIRED
+
+
+def test_the_gate_is_idle_only_when_no_command_waits_for_its_answer_or_its_turn():
+    gate = ReaderGate()
+    assert not gate.idle  # the greeting is awaited
+    gate.from_backend(GREETING)
+    assert gate.idle
+    gate.from_client(b"CAPABILITIES\r\nQUIT\r\n")
+    assert not gate.idle
+    gate.from_backend(CAPS)
+    assert not gate.idle  # QUIT went out now and waits for its answer
+    gate.from_backend(b"205 Bye\r\n")
+    assert gate.idle
