@@ -76,10 +76,11 @@ def test_an_allowed_client_sends_a_message_through_the_listener_to_postfix_and_r
     lt.wait_metric("mailwarden_connections_active", 0, service="mail/smtp")
 
 
+@pytest.mark.parametrize("kind", ["SMTP", "Submission"])
 def test_a_denied_address_gets_a_554_greeting_then_503_to_everything_but_quit(
-    run_listener, postfix
+    run_listener, postfix, kind
 ):
-    svc = smtp_service(postfix)
+    svc = smtp_service(postfix, kind=kind)
     lt = run_listener(svc)
     port = svc.listen[0].port
     with connect(port, source="127.0.0.66") as s:
