@@ -118,3 +118,56 @@ def test_the_gate_is_idle_only_when_no_command_waits_for_its_answer_or_its_turn(
     assert not gate.idle  # QUIT went out now and waits for its answer
     gate.from_backend(b"205 Bye\r\n")
     assert gate.idle
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.one_of(
+                st.binary(max_size=80),
+                st.sampled_from(
+                    [
+                        b"GROUP a\r\n",
+                        b"AUTHINFO USER x\r\n",
+                        b"AUTHINFO PASS y\r\n",
+                        b"MODE READER\r\n",
+                        b"CAPABILITIES\r\n",
+                        b"200 ok\r\n",
+                        b"381 more\r\n",
+                        b"481 no\r\n",
+                        b"101 caps\r\n",
+                        b".\r\n",
+                        b"\r\n",
+                    ]
+                ),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_until_the_server_says_281_only_the_commands_allowed_before_login_reach_it(steps):
+    gate = ReaderGate()
+    sent = bytearray()
+    heard = bytearray()
+    for from_client, data in steps:
+        if not from_client:
+            heard += data
+        out = gate.from_client(data) if from_client else gate.from_backend(data)
+        if out.open or gate.opened:
+            assert b"AUTHINFO" in sent.upper() and b"281" in heard
+            break
+        sent += out.to_backend
+    for line in bytes(sent).split(b"\n"):
+        if line:
+            assert line.split(None, 1)[0].upper() in nntp.BEFORE_AUTH
+
+
+@given(st.lists(st.binary(max_size=40), max_size=20))
+def test_only_a_281_answer_to_authinfo_opens_the_gate(chunks):
+    gate = greeted()
+    gate.from_client(b"GROUP a\r\n")
+    for chunk in chunks:
+        if b"281" in chunk:
+            continue
+        assert not gate.from_backend(chunk).open
