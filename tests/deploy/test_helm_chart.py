@@ -189,13 +189,9 @@ def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:
     assert defaults["priorityClassName"] == "mail-edge"
     assert defaults["imagePullPolicy"] == "IfNotPresent"
     assert defaults["imagePullSecrets"] == [{"name": "registry-example-com"}]
-    # The chart's own labels (the PodMonitor selects them) plus the user's.
-    assert defaults["podLabels"] == {
-        "app.kubernetes.io/part-of": "mailwarden",
-        "app.kubernetes.io/component": "listener",
-        "mailwarden.io/operator-instance": "mw",
-        "team": "mail",
-    }
+    assert defaults["podLabels"] == {"team": "mail"}
+    assert env["MAILWARDEN_LISTENER_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    assert env["MAILWARDEN_LISTENER_UID"] == "65532"
 
 
 def test_changing_listener_defaults_restarts_the_operator_through_a_checksum() -> None:
@@ -223,9 +219,9 @@ def test_monitoring_values_add_monitors_rules_and_a_dashboard_for_the_sidecar() 
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     pm = one(objs, "PodMonitor")
     assert pm["spec"]["selector"]["matchLabels"] == {
-        "app.kubernetes.io/part-of": "mailwarden",
+        "app.kubernetes.io/name": "mailwarden-listener",
         "app.kubernetes.io/component": "listener",
-        "mailwarden.io/operator-instance": "mw",
+        "app.kubernetes.io/managed-by": "mailwarden-operator",
     }
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
@@ -242,8 +238,7 @@ def test_monitoring_values_add_monitors_rules_and_a_dashboard_for_the_sidecar() 
     assert dash["metadata"]["namespace"] == "monitoring"
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dash["data"]["mailwarden.json"])["uid"] == "mailwarden-services"
-    env = json.loads(listener_env(objs)["MAILWARDEN_LISTENER_DEFAULTS"])
-    assert env["metricsNamespaces"] == ["monitoring"]
+    assert listener_env(objs)["MAILWARDEN_MONITORING_NAMESPACE"] == "prometheus"
 
 
 def test_pod_monitor_watches_only_the_listed_namespaces_when_the_operator_does() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from typing import Any
 
+import prometheus_client
 import promql_parser
 import pytest
 
@@ -25,6 +27,20 @@ def listener_series() -> set[str]:
     m.cap.labels("mail/smtp", "service").set(1)
     m.reloads.labels("success").inc()
     return {s.name for family in m.registry.collect() for s in family.samples}
+
+
+def operator_series() -> set[str] | None:
+    """The operator's own series, once its metrics module exists."""
+    try:
+        module = importlib.import_module("mailwarden.operator.metrics")
+    except ImportError:
+        return None
+    names = set()
+    for value in vars(module).values():
+        if isinstance(value, prometheus_client.metrics.MetricWrapperBase):
+            for family in value.describe():
+                names |= {family.name, f"{family.name}_total", f"{family.name}_bucket"}
+    return names
 
 
 def rule_exprs() -> list[tuple[str, str]]:
@@ -47,6 +63,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 def check(exprs: list[tuple[str, str]]) -> None:
     known = listener_series()
+    operator = operator_series()
     for where, expr in exprs:
         try:
             promql_parser.parse(expr)
@@ -54,6 +71,8 @@ def check(exprs: list[tuple[str, str]]) -> None:
             raise AssertionError(f"{where}: not valid PromQL: {exc}\n{expr}") from None
         for name in METRIC.findall(expr):
             if name.startswith(OPERATOR_PREFIX):
+                if operator is not None:
+                    assert name in operator, f"{where}: the operator exports no {name}"
                 continue
             assert name in known, f"{where}: {name} is not a metric the listener exports"
 

@@ -68,19 +68,19 @@ app.kubernetes.io/part-of: mailwarden
 {{- end -}}
 {{- end -}}
 
-{{/* Labels every listener pod carries on top of the operator's own: the PodMonitor selects
-     them. */}}
+{{/* Labels the operator puts on every listener pod (operator/mailwarden/operator/naming.py):
+     the PodMonitor selects them. */}}
 {{- define "mailwarden.listenerPodLabels" -}}
-app.kubernetes.io/part-of: mailwarden
+app.kubernetes.io/name: mailwarden-listener
 app.kubernetes.io/component: listener
-mailwarden.io/operator-instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: mailwarden-operator
 {{- end -}}
 
 {{/* What the operator hands every listener Deployment and Service it creates, as JSON in
      MAILWARDEN_LISTENER_DEFAULTS. */}}
 {{- define "mailwarden.listenerDefaults" -}}
 {{- $d := .Values.listener.defaults -}}
-{{- $labels := merge (dict) (fromYaml (include "mailwarden.listenerPodLabels" .)) $d.podLabels -}}
+{{- $labels := $d.podLabels -}}
 {{- $out := dict
       "resources" $d.resources
       "nodeSelector" $d.nodeSelector
@@ -92,7 +92,6 @@ mailwarden.io/operator-instance: {{ .Release.Name }}
       "expose" $d.expose
       "imagePullPolicy" (default .Values.image.pullPolicy .Values.listener.image.pullPolicy)
       "imagePullSecrets" .Values.imagePullSecrets
-      "metricsNamespaces" .Values.listener.metricsNamespaces
 -}}
 {{- toJson $out -}}
 {{- end -}}
