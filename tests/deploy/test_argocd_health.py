@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.tools import ROOT
+from tests.deploy.tools import ROOT, render
 
 ARGOCD = ROOT / "deploy" / "argocd"
 HEALTH = ARGOCD / "health"
@@ -162,3 +162,21 @@ def test_example_applications_sync_the_operator_before_the_mail_services() -> No
     services = apps["mail-services"]["spec"]
     assert (ROOT / services["source"]["path"]).is_dir()
     assert "SkipDryRunOnMissingResource=true" in services["syncPolicy"]["syncOptions"]
+
+
+def test_the_operator_application_s_helm_values_pass_the_chart_s_schema(
+    tmp_path: pathlib.Path,
+) -> None:
+    app = yaml.safe_load((ARGOCD / "apps" / "mailwarden-operator.yaml").read_text())
+    helm_source = app["spec"]["source"]["helm"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(helm_source["valuesObject"]))
+    objs = render(values, namespace=app["spec"]["destination"]["namespace"])
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MAILWARDEN_LISTENER_IMAGE"].startswith(
+        "registry.example.com/mail/mailwarden-listener:"
+    )

@@ -155,10 +155,14 @@ def listener_env(objs: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container["env"]}
 
 
-def test_listener_image_defaults_to_the_operator_image() -> None:
-    env = listener_env(render())
-    dep_image = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert env["MAILWARDEN_LISTENER_IMAGE"] == dep_image == "mailwarden:0.1.0"
+def test_listener_image_defaults_to_the_listener_image_of_the_same_version() -> None:
+    objs = render()
+    dep_image = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert dep_image == "mailwarden:0.1.0"
+    assert listener_env(objs)["MAILWARDEN_LISTENER_IMAGE"] == "mailwarden-listener:0.1.0"
+    # An empty repository: the operator image, which holds the listener too.
+    objs = render(sets=("listener.image.repository=",))
+    assert listener_env(objs)["MAILWARDEN_LISTENER_IMAGE"] == "mailwarden:0.1.0"
 
 
 def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:

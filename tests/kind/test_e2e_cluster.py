@@ -302,7 +302,6 @@ def test_uninstall_leaves_no_orphans_and_keeps_the_crds() -> None:
     crds = {c["metadata"]["name"] for c in get("crds")["items"]}
     assert {"mailservices.mailwarden.io", "ipaddressgroups.mailwarden.io"} <= crds
     # Back as it was.
-    image = "mailwarden:0.1.0"
     helm(
         "upgrade",
         "--install",
@@ -311,9 +310,9 @@ def test_uninstall_leaves_no_orphans_and_keeps_the_crds() -> None:
         "--namespace",
         OPERATOR_NAMESPACE,
         "--set",
-        f"image.repository={image.split(':')[0]}",
+        "image.repository=mailwarden",
         "--set",
-        f"image.tag={image.split(':')[1]}",
+        "listener.image.repository=mailwarden-listener",
         "--wait",
         "--timeout",
         "5m",
