@@ -15,6 +15,7 @@ import yaml
 from mailwarden.operator import manifests, models
 from tests.deploy.tools import KUBERNETES_VERSION, ROOT, binary
 from tests.kind import test_e2e_cluster
+from tests.support import crdcheck
 
 KIND_CONFIG = ROOT / "kind-config.yaml"
 OVERLAY = ROOT / "deploy" / "kind"
@@ -107,10 +108,16 @@ def test_demo_overlay_points_every_service_at_a_backend_that_exists_without_prox
 
 
 def test_demo_overlay_objects_are_valid_kubernetes_objects(overlay: list[dict[str, Any]]) -> None:
+    crds = {}
+    for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        crds[crd["spec"]["names"]["kind"]] = crd
     for obj in overlay:
         if obj["apiVersion"] == models.API_VERSION:
-            continue
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            _, errors = crdcheck.validate(crds[obj["kind"]], obj)
+            assert errors == [], f"{obj['kind']} {obj['metadata']['name']}: {errors}"
+        else:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("script", ["kind-demo", "kind-e2e", "fetch-k8s-tools", "sync-chart-crds"])
