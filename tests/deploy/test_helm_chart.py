@@ -36,6 +36,7 @@ NAMESPACED_RULES = [
         ["networkpolicies"],
         ["get", "list", "watch", "create", "patch", "update", "delete"],
     ),
+    ([""], ["pods"], ["list", "patch"]),
     ([""], ["events"], ["create", "patch"]),
     (["events.k8s.io"], ["events"], ["create", "patch"]),
 ]

@@ -116,6 +116,11 @@ app.kubernetes.io/managed-by: mailwarden-operator
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, update, delete]
+# Listener pods: a configuration change annotates them so that the kubelet refreshes the
+# mounted ConfigMap at once (nothing restarts).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
