@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mailwarden.operator import manifests, models
-from tests.deploy.tools import KUBERNETES_VERSION, ROOT, binary
+from tests.deploy.tools import KUBERNETES_VERSION, ROOT, binary, render
 from tests.kind import test_e2e_cluster
 from tests.support import crdcheck
 
@@ -130,3 +130,23 @@ def test_scripts_are_valid_bash(script: str) -> None:
 def test_kind_e2e_runs_the_kind_marked_tests_against_the_demo_context() -> None:
     text = (ROOT / "scripts" / "kind-e2e").read_text()
     assert "-m kind" in text and "MAILWARDEN_KIND_CONTEXT" in text
+
+
+def test_the_demo_s_helm_settings_pass_the_chart_s_schema() -> None:
+    demo = (ROOT / "scripts" / "kind-demo").read_text()
+    sets = re.findall(r"--set ([\w.]+)=", demo)
+    assert "listener.image.repository" in sets
+    values = {
+        "image.repository": "mailwarden",
+        "image.tag": "0.1.0",
+        "listener.image.repository": "mailwarden-listener",
+        "listener.image.tag": "0.1.0",
+        "image.pullPolicy": "IfNotPresent",
+    }
+    assert set(sets) == set(values)
+    objs = render(sets=tuple(f"{k}={v}" for k, v in values.items()))
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "mailwarden:0.1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MAILWARDEN_LISTENER_IMAGE"] == "mailwarden-listener:0.1.0"
