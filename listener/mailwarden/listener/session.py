@@ -39,6 +39,7 @@ class State(enum.Enum):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "_eof",
         "_local",
         "_pending",
         "active",
@@ -69,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         # Client bytes that arrive before the session can take them; a bytearray only once
         # there are some, so that the thousands of sessions that never have any carry none.
         self._pending: bytes | bytearray = EMPTY
+        # The client half-closed before its bytes could go to the backend.
+        self._eof = False
         self.peer: tuple[str, int] = ("", 0)
         self.client: tuple[str, int] = ("", 0)
         self._local: tuple[str, int] | None = None
@@ -105,7 +108,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.active = True
         state = self.state
-        if state is State.RELAY:
+        if state is State.RELAY and self.seen_data:
             self.bytes_up += len(data)
             assert self.backend is not None
             self.backend.transport.write(data)
@@ -113,10 +116,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.seen_data:
             self.seen_data = True
             if state is not State.PROXY and _claims_proxy(data):
-                # Only trusted load balancers may say who the client is.
+                # Only trusted load balancers may say who the client is. Checked even when
+                # the relay is already up: whether the backend connected before the client's
+                # first bytes arrived must not decide whether a forged header gets through.
                 self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
                 return
-        if state is State.PROXY:
+        if state is State.RELAY:
+            self.bytes_up += len(data)
+            assert self.backend is not None
+            self.backend.transport.write(data)
+        elif state is State.PROXY:
             self._hold(data)
             self._read_proxy_header()
         elif state is State.GATED:
@@ -141,6 +150,15 @@ class ClientConnection(asyncio.Protocol):
             # Both sides have finished (or TLS cannot half-close): close() sends the FIN
             # that write_eof would, one system call less.
             backend.close()
+            return False
+        if self.state in (State.CONNECTING, State.GATED) and not self.tls:
+            # `printf 'EHLO x\r\nQUIT\r\n' | nc -N`: the client has said everything before
+            # the backend is reachable (or while the NNTP gate holds its commands). Keep the
+            # session; the EOF follows its bytes once they are delivered.
+            self._eof = True
+            if self.state is State.GATED:
+                self._gate_eof()
+            return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -266,7 +284,9 @@ class ClientConnection(asyncio.Protocol):
         # or a second task per session, more than the rest of the admission.
         timer = loop.call_later(backend.connect_timeout, expire)
         try:
-            _, protocol = await loop.create_connection(
+            # On success BackendConnection.connection_made has already adopted the backend
+            # (see _backend_connected).
+            await loop.create_connection(
                 lambda: BackendConnection(self),
                 backend.host,
                 backend.port,
@@ -280,12 +300,27 @@ class ClientConnection(asyncio.Protocol):
                 raise  # cancelled from outside (shutdown), not by the timer
             task.uncancel()
             self._backend_failed(TimeoutError())
-            return
         except (OSError, ssl.SSLError) as exc:
             self._backend_failed(exc)
-            return
         finally:
             timer.cancel()
+
+    def _backend_failed(self, exc: BaseException) -> None:
+        if self.state is not State.CONNECTING:
+            return
+        rt = self.rt
+        backend = rt.config.backend
+        log.warning(
+            "%s: backend %s:%s unavailable: %s", rt.config.name, backend.host, backend.port, exc
+        )
+        self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
+
+    def _backend_connected(self, protocol: BackendConnection) -> None:
+        """Called from the backend's connection_made: before any byte from the backend can
+        arrive, so the greeting already meets the NNTP gate and the relay state. (After the
+        `await` in _connect would be too late: the backend's data_received may run first.)"""
+        rt = self.rt
+        backend = rt.config.backend
         if self.state is not State.CONNECTING:  # the client left meanwhile
             protocol.transport.close()
             return
@@ -307,18 +342,10 @@ class ClientConnection(asyncio.Protocol):
             if pending:
                 self.bytes_up += len(pending)
                 protocol.transport.write(pending)
+            if self._eof:
+                self._pass_eof()
         if self.transport is not None:
             self.transport.resume_reading()
-
-    def _backend_failed(self, exc: BaseException) -> None:
-        if self.state is not State.CONNECTING:
-            return
-        rt = self.rt
-        backend = rt.config.backend
-        log.warning(
-            "%s: backend %s:%s unavailable: %s", rt.config.name, backend.host, backend.port, exc
-        )
-        self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
 
     def _apply_gate(self, out: nntp.Output) -> None:
         assert self.backend is not None and self.transport is not None
@@ -333,6 +360,24 @@ class ClientConnection(asyncio.Protocol):
         if out.open:
             self.state = State.RELAY
             self.gate = None
+        if self._eof:
+            self._gate_eof()
+
+    def _gate_eof(self) -> None:
+        # Pass the client's EOF on once the gate has no command waiting for its turn or
+        # its answer.
+        if self.backend is not None and (self.gate is None or self.gate.idle):
+            self._pass_eof()
+
+    def _pass_eof(self) -> None:
+        assert self.backend is not None
+        if self.backend.client_eof:
+            return
+        self.backend.client_eof = True
+        if self.backend.transport.can_write_eof():
+            self.backend.transport.write_eof()
+        else:
+            self.backend.transport.close()
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
         self.rt.metrics.outcome[outcome].inc()
@@ -423,6 +468,7 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.client._backend_connected(self)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
