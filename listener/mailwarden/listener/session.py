@@ -7,9 +7,12 @@ callbacks and a write, which is what keeps CPU and memory per session close to H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import socket
 import ssl
+import struct
 from typing import TYPE_CHECKING, cast
 
 from mailwarden.listener import acl, limits, proxyproto
@@ -301,7 +304,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if reply.reset:
-            transport.abort()
+            _reset(transport)
             return
         if reply.data:
             transport.write(reply.data)
@@ -408,6 +411,16 @@ class BackendConnection(asyncio.Protocol):
 
 def _claims_proxy(data: bytes) -> bool:
     return data.startswith(proxyproto.V1_PREFIX) or data.startswith(proxyproto.V2_SIGNATURE[:12])
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP RST rather than a FIN: a zero linger time makes close() drop the
+    connection (XEP-0205's refusal at the TCP level)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _is_tls(transport: asyncio.BaseTransport | None) -> bool:
