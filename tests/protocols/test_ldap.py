@@ -116,9 +116,7 @@ def test_a_denied_ldap_client_is_told_unwilling_to_perform_and_disconnected(
     run_listener, listener_tls, kind
 ):
     tls = listener_tls if kind == "LDAPS" else None
-    lt = run_listener(
-        service(kind=kind, allow=wire.ALLOWED, tls=tls.files if tls else None)
-    )
+    lt = run_listener(service(kind=kind, allow=wire.ALLOWED, tls=tls.files if tls else None))
     port = wire.port_of(lt)
     if tls:
         sock = wire.connect_tls(port, tls.client(), source=wire.DENIED_SOURCE)
@@ -183,4 +181,6 @@ def test_a_backend_certificate_that_does_not_verify_is_an_unavailable_backend(
     sock = wire.connect_tls(wire.port_of(lt), listener_tls.client())
     notice = decode_notice(wire.read_until_closed(sock))
     assert (notice["result"], notice["description"]) == (52, "unavailable")
-    assert lt.metric("mailwarden_connections_total", service="test/svc", outcome="backend_error") == 1
+    assert (
+        lt.metric("mailwarden_connections_total", service="test/svc", outcome="backend_error") == 1
+    )

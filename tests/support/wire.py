@@ -35,7 +35,9 @@ class ListenerTLS:
 
 def make_listener_tls(ca: certs.CA, folder: pathlib.Path) -> ListenerTLS:
     cert, key = ca.issue(*LISTENER_NAMES).write(folder)
-    return ListenerTLS(ca, folder, lc.TLSFiles(cert_file=cert, key_file=key), ca.write(folder / "ca.crt"))
+    return ListenerTLS(
+        ca, folder, lc.TLSFiles(cert_file=cert, key_file=key), ca.write(folder / "ca.crt")
+    )
 
 
 def port_of(lt: ListenerThread, name: str = "test/svc") -> int:

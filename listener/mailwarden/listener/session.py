@@ -174,6 +174,12 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         if rt.server_tls is not None:
             self.state = State.TLS
+            # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
+            # this protocol before that is handed over by _hand_over. (uvloop may start
+            # reading after connection_made returns, so the pause narrows the window but
+            # cannot be relied on.)
+            if self.transport is not None:
+                self.transport.pause_reading()
             rt.loop.create_task(self._start_tls(rt.server_tls))
             return
         self._decide()
@@ -181,24 +187,31 @@ class ClientConnection(asyncio.Protocol):
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
         assert transport is not None
-        # The raw transport may already hold bytes of the ClientHello.
-        early = bytes(self._pending)
-        self._pending.clear()
+        loop = self.rt.loop
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        # start_tls swaps in its TLS protocol on its first step and schedules that protocol's
+        # connection_made and the transport's resume_reading; one loop turn later (before
+        # the socket is read again) the raw bytes this protocol got meanwhile (the start of
+        # the ClientHello, possibly sent with the PROXY header) are handed to it.
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
         try:
             tls_transport = await asyncio.wait_for(
-                self.rt.loop.start_tls(transport, self, ctx, server_side=True),
-                timeout=self.rt.config.timeouts.handshake,
+                upgrade, timeout=self.rt.config.timeouts.handshake
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
             self._fail(m.HANDSHAKE_FAILED, f"TLS handshake: {exc!r}")
             return
-        if early:
-            log.debug("%s: %d bytes before TLS dropped", self.rt.config.name, len(early))
         if tls_transport is None:
             self._fail(m.HANDSHAKE_FAILED, "TLS handshake: closed")
             return
         self.transport = tls_transport
         self._decide()
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        early = bytes(self._pending)
+        self._pending.clear()
+        if early:
+            _feed(transport, early)
 
     def _decide(self) -> None:
         rt = self.rt
@@ -421,6 +434,23 @@ def _reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def _feed(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand bytes already read to the protocol the transport now has (a TLS layer)."""
+    protocol = transport.get_protocol()
+    if isinstance(protocol, ClientConnection) or transport.is_closing():
+        return
+    if hasattr(protocol, "buffer_updated"):
+        view = memoryview(data)
+        while view:
+            buf = protocol.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+    else:
+        protocol.data_received(data)
 
 
 def _is_tls(transport: asyncio.BaseTransport | None) -> bool:

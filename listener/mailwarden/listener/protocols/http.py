@@ -84,9 +84,7 @@ class Refusal:
 
     def _too_large(self) -> base.Reply:
         return base.Reply(
-            response(
-                431, "Request Header Fields Too Large", "Request head too large", head=False
-            ),
+            response(431, "Request Header Fields Too Large", "Request head too large", head=False),
             close=True,
         )
 
