@@ -5,9 +5,9 @@ import pathlib
 import pytest
 
 from tests.support import certs, wire
-from tests.support.servers_extra import nginx, prosody, slapd, test_ca
+from tests.support.servers_extra import nginx, prosody, slapd, smtp_sink, test_ca
 
-__all__ = ["listener_tls", "nginx", "prosody", "slapd", "test_ca"]
+__all__ = ["listener_tls", "nginx", "prosody", "slapd", "smtp_sink", "test_ca"]
 
 
 @pytest.fixture
