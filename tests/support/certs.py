@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import pathlib
 import ssl
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,16 +35,29 @@ class Leaf:
     serial: int
 
     def write(self, folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-        """Write tls.crt/tls.key into `folder` (each replaced in one rename, as the kubelet
-        swaps a Secret volume) and return their paths."""
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = folder / "tls.crt", folder / "tls.key"
-        for path, data in zip(paths, (self.cert_pem, self.key_pem), strict=True):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.chmod(0o644)
-            tmp.replace(path)
-        return paths
+        """Write tls.crt/tls.key into `folder` as the kubelet updates a Secret volume: the
+        files are links into a `..data` folder that is swapped in one rename, so a reader
+        never sees a new certificate with an old key. Returns the two paths."""
+        return write_pair(folder, self.cert_pem, self.key_pem)
+
+
+def write_pair(
+    folder: pathlib.Path, cert_pem: bytes, key_pem: bytes
+) -> tuple[pathlib.Path, pathlib.Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    version = folder / f"..{time.time_ns()}"
+    version.mkdir()
+    for name, data in (("tls.crt", cert_pem), ("tls.key", key_pem)):
+        (version / name).write_bytes(data)
+    link = folder / "..data_tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(version.name)
+    link.replace(folder / "..data")
+    paths = folder / "tls.crt", folder / "tls.key"
+    for path in paths:
+        if not path.is_symlink():
+            path.symlink_to(f"..data/{path.name}")
+    return paths
 
 
 @dataclasses.dataclass(frozen=True)
