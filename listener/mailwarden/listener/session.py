@@ -32,6 +32,7 @@ PENDING_LIMIT = 64 * 1024
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
+    STARTTLS = "starttls"  # the NNTP gate's STARTTLS: the reader's leg is being encrypted
     CONNECTING = "connecting"  # admitted; the backend connection is being made
     GATED = "gated"  # NNTP reader gate in front of the backend
     RELAY = "relay"
@@ -122,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
         elif state is State.REFUSING:
             assert self.conversation is not None
             self._say(self.conversation.feed(data))
-        elif state in (State.CONNECTING, State.TLS):
+        elif state in (State.CONNECTING, State.TLS, State.STARTTLS):
             self._pending += data
             if len(self._pending) > PENDING_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
@@ -172,7 +173,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _handshake_done(self) -> None:
         rt = self.rt
-        if rt.server_tls is not None:
+        if rt.server_tls is not None and rt.implicit_tls:
             self.state = State.TLS
             # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
             # this protocol before that is handed over by _hand_over. (uvloop may start
@@ -206,6 +207,39 @@ class ClientConnection(asyncio.Protocol):
             return
         self.transport = tls_transport
         self._decide()
+
+    async def _gate_starttls(self, ctx: ssl.SSLContext) -> None:
+        """STARTTLS offered by the NNTP gate: encrypt the reader's leg (the 382 is already
+        on its way); the news server's leg stays as it is."""
+        transport, backend = self.transport, self.backend
+        assert transport is not None and backend is not None
+        loop = self.rt.loop
+        self.state = State.STARTTLS
+        # The server has nothing to say until the next command; hold it anyway so nothing
+        # can be written into the handshake.
+        backend.transport.pause_reading()
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
+        try:
+            tls_transport = await asyncio.wait_for(
+                upgrade, timeout=self.rt.config.timeouts.handshake
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.info("%s: %s:%s: STARTTLS: %r", self.rt.config.name, *self.peer, exc)
+            self.close()
+            return
+        if tls_transport is None or self.state is not State.STARTTLS or self.gate is None:
+            self.close()
+            return
+        self.transport = tls_transport
+        self.state = State.GATED
+        self.gate.tls_started()
+        backend.transport.resume_reading()
+        # Commands that came with the end of the handshake.
+        pending = bytes(self._pending)
+        self._pending.clear()
+        if pending:
+            self._apply_gate(self.gate.from_client(pending))
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         early = bytes(self._pending)
@@ -273,7 +307,10 @@ class ClientConnection(asyncio.Protocol):
         pending = bytes(self._pending)
         self._pending = bytearray()
         if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
-            self.gate = nntp.ReaderGate()
+            self.gate = nntp.ReaderGate(
+                starttls=rt.server_tls is not None and not rt.implicit_tls,
+                tls_active=rt.implicit_tls,
+            )
             self.state = State.GATED
             if pending:
                 self._apply_gate(self.gate.from_client(pending))
@@ -298,6 +335,8 @@ class ClientConnection(asyncio.Protocol):
         if out.open:
             self.state = State.RELAY
             self.gate = None
+        elif out.start_tls and self.rt.server_tls is not None:
+            self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
         self.rt.metrics.outcome[outcome].inc()
@@ -441,16 +480,19 @@ def _feed(transport: asyncio.Transport, data: bytes) -> None:
     protocol = transport.get_protocol()
     if isinstance(protocol, ClientConnection) or transport.is_closing():
         return
-    if hasattr(protocol, "buffer_updated"):
+    # asyncio's TLS layer is a BufferedProtocol; uvloop's implements the same two methods
+    # without subclassing it.
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is not None:
         view = memoryview(data)
         while view:
-            buf = protocol.get_buffer(len(view))
+            buf = get_buffer(len(view))
             n = min(len(buf), len(view))
             buf[:n] = view[:n]
-            protocol.buffer_updated(n)
+            protocol.buffer_updated(n)  # type: ignore[attr-defined]
             view = view[n:]
     else:
-        protocol.data_received(data)
+        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 def _is_tls(transport: asyncio.BaseTransport | None) -> bool:
