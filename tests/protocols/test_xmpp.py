@@ -16,9 +16,9 @@ from tests.support.listener import free_port, service, wait_until
 pytestmark = pytest.mark.servers
 
 STREAM_HEADER = (
-    "<?xml version='1.0'?><stream:stream to='example.test' xmlns='jabber:client'"
-    " xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-).encode()
+    b"<?xml version='1.0'?><stream:stream to='example.test' xmlns='jabber:client'"
+    b" xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+)
 
 
 def parse_stream(data: bytes) -> ET.Element:
@@ -130,9 +130,9 @@ def test_an_xmpp_client_over_the_cap_is_refused_at_the_tcp_level(
             data = b""
         assert data == b""
     else:
+        sock = wire.connect(port)
+        sock.sendall(STREAM_HEADER)
         with pytest.raises(ConnectionResetError):
-            sock = wire.connect(port)
-            sock.sendall(STREAM_HEADER)
             sock.recv(4096)
     out = xmpp_client.login(port, listener_tls.client(), direct_tls=tls is not None, timeout=10)
     assert out.stream_error is None and not out.session_started

@@ -69,7 +69,7 @@ class CA:
     def issue(self, *names: str, common_name: str | None = None) -> Leaf:
         """A server certificate for DNS names and IP addresses."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = []
         for n in names:
             try:
@@ -109,7 +109,7 @@ class CA:
 
 def make_ca(common_name: str = "mailwarden test CA") -> CA:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))

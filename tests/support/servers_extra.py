@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import ssl
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import textwrap

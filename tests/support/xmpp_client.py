@@ -30,11 +30,11 @@ def login(
     starttls: bool = True,
     timeout: float = 15,
 ) -> Outcome:
-    return asyncio.run(_login(port, ctx, direct_tls, starttls, timeout))
+    return asyncio.run(_login(port, ctx, direct_tls, starttls, deadline=timeout))
 
 
 async def _login(
-    port: int, ctx: ssl.SSLContext, direct_tls: bool, starttls: bool, timeout: float
+    port: int, ctx: ssl.SSLContext, direct_tls: bool, starttls: bool, *, deadline: float
 ) -> Outcome:
     xmpp = slixmpp.ClientXMPP(f"{srv.XMPP_USER}@{srv.XMPP_DOMAIN}", srv.XMPP_PASSWORD)
     xmpp.enable_direct_tls = direct_tls
@@ -72,7 +72,7 @@ async def _login(
     xmpp.add_event_handler("connection_failed", connection_failed)
     xmpp.connect(srv.HOST, port)
     try:
-        await asyncio.wait_for(done.wait(), timeout)
+        await asyncio.wait_for(done.wait(), deadline)
     finally:
         # No reconnection attempts after the test's one.
         xmpp.cancel_connection_attempt()

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from mailwarden.listener import config as lc
 from tests.support import certs, wire
@@ -93,7 +92,6 @@ def test_a_rotated_certificate_is_served_to_new_sessions_while_old_sessions_go_o
     tmp_path, test_ca, nginx
 ):
     tls = wire.make_listener_tls(test_ca, tmp_path / "tls")
-    old_serial = served = 0
     cfg_path = tmp_path / "listener.yaml"
     write_config(cfg_path, service(kind="HTTPS", backend_port=nginx.ports["http"], tls=tls.files))
     serving = ServeThread(cfg_path).start()

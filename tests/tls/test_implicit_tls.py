@@ -12,6 +12,7 @@ import ssl
 
 import pytest
 
+from mailwarden.listener import proxyproto
 from tests.support import servers_extra as srv
 from tests.support import wire
 from tests.support.listener import service, wait_until
@@ -169,3 +170,48 @@ def test_smtp_starttls_passes_through_to_the_backend_and_shows_its_certificate(
         assert ("DNS", srv.BACKEND_NAME) in peer["subjectAltName"]
         client.sendmail("a@example.test", ["b@example.test"], b"Subject: t\r\n\r\nstarttls-ok")
     smtp_sink.inbox.wait_for(b"starttls-ok")
+
+
+def tls_after_proxy_header(port: int, ctx: ssl.SSLContext, header: bytes) -> bytes:
+    """Send a PROXY header and the ClientHello in one write (as a load balancer may), finish
+    the handshake by hand and return the first line the server says inside TLS."""
+    sock = wire.connect(port)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=wire.LISTENER_NAME)
+    first = True
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            out = outgoing.read()
+            sock.sendall(header + out if first else out)
+            first = False
+            data = sock.recv(65536)
+            assert data, "the listener closed during the handshake"
+            incoming.write(data)
+    sock.sendall(outgoing.read())
+    said = b""
+    while b"\r\n" not in said:
+        try:
+            said += tls.read(65536)
+            continue
+        except ssl.SSLWantReadError:
+            pass
+        data = sock.recv(65536)
+        assert data, f"closed after {said!r}"
+        incoming.write(data)
+    return said
+
+
+def test_a_client_hello_sent_with_the_proxy_header_is_not_lost(run_listener, listener_tls):
+    lt = run_listener(
+        tls_service(
+            "SMTPS", listener_tls, allow=wire.ALLOWED, proxy_protocol_from=("127.0.0.1/32",)
+        )
+    )
+    port = wire.port_of(lt)
+    header = proxyproto.build("v1", (wire.DENIED_SOURCE, 40000), (wire.HOST, port))
+    said = tls_after_proxy_header(port, listener_tls.client(), header)
+    # The address from the PROXY header is the one refused, inside TLS.
+    assert said.startswith(b"554 5.7.1 ")
