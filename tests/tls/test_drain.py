@@ -88,14 +88,43 @@ def listener_process(tmp_path):
         p.stop()
 
 
+@pytest.fixture(params=["postfix", "aiosmtpd"])
+def smtp_backend(request, smtp_sink):
+    """(port, wait for a message containing the marker) of a real SMTP server."""
+    if request.param == "aiosmtpd":
+        yield smtp_sink.port, smtp_sink.inbox.wait_for
+        return
+    servers = pytest.importorskip(
+        "tests.support.servers", reason="the Postfix fixture (tests/support/servers.py)"
+    )
+    servers.require(servers.POSTFIX)
+    store = servers.make_mail_store()
+    postfix = servers.make_postfix(store).start()
+
+    def delivered(marker: bytes, timeout: float = 20) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in store.messages():
+                if marker in message:
+                    return message
+            assert time.monotonic() < deadline, "the message did not reach the mailbox"
+            time.sleep(0.05)
+
+    try:
+        yield postfix.port, delivered
+    finally:
+        postfix.stop()
+
+
 def test_a_message_in_the_middle_of_data_when_sigterm_arrives_is_delivered(
-    listener_process, smtp_sink
+    listener_process, smtp_backend
 ):
-    lp = listener_process(service(kind="SMTP", backend_port=smtp_sink.port), drain_seconds=30)
+    port, delivered = smtp_backend
+    lp = listener_process(service(kind="SMTP", backend_port=port), drain_seconds=30)
     client = smtplib.SMTP(wire.HOST, lp.port, timeout=10)
     client.ehlo("drain.test")
-    client.mail("a@example.test")
-    client.rcpt("b@example.test")
+    client.mail("sender@example.test")
+    client.rcpt("alice@test.example")
     client.putcmd("data")
     assert client.getreply()[0] == 354
     client.send(b"Subject: drained\r\n\r\nfirst half of the message\r\n")
@@ -112,7 +141,7 @@ def test_a_message_in_the_middle_of_data_when_sigterm_arrives_is_delivered(
     assert lp.wait() == 0
     # It left as soon as the last session ended, not at the end of the drain period.
     assert time.monotonic() - started < 15
-    content = smtp_sink.inbox.wait_for(b"second half, sent during the drain")
+    content = delivered(b"second half, sent during the drain")
     assert b"first half of the message" in content
 
 
