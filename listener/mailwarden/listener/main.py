@@ -63,7 +63,9 @@ async def serve(
     stop = stop or asyncio.Event()
     reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
-    # Signals reach only the main thread; serve() run elsewhere (tests) is stopped by `stop`.
+    # Signals reach only the main thread; embedded in another thread (tests, or a host
+    # program) serve() runs without them (uvloop says so with ValueError, asyncio with
+    # RuntimeError).
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -42,6 +42,7 @@ class State(enum.Enum):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "_eof",
         "_pending",
         "active",
         "admitted",
@@ -69,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         self.conversation: base.Conversation | None = None
         self.gate: nntp.ReaderGate | None = None
         self._pending = bytearray()
+        # The client half-closed before its bytes could go to the backend.
+        self._eof = False
         self.peer: tuple[str, int] = ("", 0)
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -103,7 +106,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.active = True
         state = self.state
-        if state is State.RELAY:
+        if state is State.RELAY and self.seen_data:
             self.bytes_up += len(data)
             assert self.backend is not None
             self.backend.transport.write(data)
@@ -111,10 +114,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.seen_data:
             self.seen_data = True
             if state is not State.PROXY and _claims_proxy(data):
-                # Only trusted load balancers may say who the client is.
+                # Only trusted load balancers may say who the client is. Checked even when
+                # the relay is already up: whether the backend connected before the client's
+                # first bytes arrived must not decide whether a forged header gets through.
                 self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
                 return
-        if state is State.PROXY:
+        if state is State.RELAY:
+            self.bytes_up += len(data)
+            assert self.backend is not None
+            self.backend.transport.write(data)
+        elif state is State.PROXY:
             self._pending += data
             self._read_proxy_header()
         elif state is State.GATED:
@@ -137,6 +146,15 @@ class ClientConnection(asyncio.Protocol):
                 # Half-close: keep reading what the backend still has to say.
                 return not self.backend.backend_eof
             backend.close()
+            return False
+        if self.state in (State.CONNECTING, State.GATED) and not _is_tls(self.transport):
+            # `printf 'EHLO x\r\nQUIT\r\n' | nc -N`: the client has said everything before
+            # the backend is reachable (or while the NNTP gate holds its commands). Keep the
+            # session; the EOF follows its bytes once they are delivered.
+            self._eof = True
+            if self.state is State.GATED:
+                self._gate_eof()
+            return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -272,7 +290,9 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         backend = rt.config.backend
         try:
-            _, protocol = await asyncio.wait_for(
+            # On success BackendConnection.connection_made has already adopted the backend
+            # (see _backend_connected).
+            await asyncio.wait_for(
                 rt.loop.create_connection(
                     lambda: BackendConnection(self),
                     backend.host,
@@ -294,7 +314,13 @@ class ClientConnection(asyncio.Protocol):
                     exc,
                 )
                 self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
-            return
+
+    def _backend_connected(self, protocol: BackendConnection) -> None:
+        """Called from the backend's connection_made: before any byte from the backend can
+        arrive, so the greeting already meets the NNTP gate and the relay state. (After the
+        `await` in _connect would be too late: the backend's data_received may run first.)"""
+        rt = self.rt
+        backend = rt.config.backend
         if self.state is not State.CONNECTING:  # the client left meanwhile
             protocol.transport.close()
             return
@@ -319,6 +345,8 @@ class ClientConnection(asyncio.Protocol):
             if pending:
                 self.bytes_up += len(pending)
                 protocol.transport.write(pending)
+            if self._eof:
+                self._pass_eof()
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -337,6 +365,24 @@ class ClientConnection(asyncio.Protocol):
             self.gate = None
         elif out.start_tls and self.rt.server_tls is not None:
             self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
+        if self._eof:
+            self._gate_eof()
+
+    def _gate_eof(self) -> None:
+        # Pass the client's EOF on once the gate has no command waiting for its turn or
+        # its answer.
+        if self.backend is not None and (self.gate is None or self.gate.idle):
+            self._pass_eof()
+
+    def _pass_eof(self) -> None:
+        assert self.backend is not None
+        if self.backend.client_eof:
+            return
+        self.backend.client_eof = True
+        if self.backend.transport.can_write_eof():
+            self.backend.transport.write_eof()
+        else:
+            self.backend.transport.close()
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
         self.rt.metrics.outcome[outcome].inc()
@@ -424,6 +470,7 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.client._backend_connected(self)
 
     def data_received(self, data: bytes) -> None:
         client = self.client

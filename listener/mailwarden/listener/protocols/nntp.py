@@ -106,6 +106,11 @@ class ReaderGate:
         # A CAPABILITIES response held back until complete, to add STARTTLS to it.
         self._held: bytearray | None = None
 
+    @property
+    def idle(self) -> bool:
+        """No command of the reader waits for its answer or for its turn."""
+        return self._in_flight is None and not self._pending
+
     def from_client(self, data: bytes) -> Output:
         if self.opened:
             return Output(to_backend=data, open=True)
