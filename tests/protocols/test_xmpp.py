@@ -21,6 +21,11 @@ STREAM_HEADER = (
 )
 
 
+def say_and_listen(sock: socket.socket) -> bytes:
+    sock.sendall(STREAM_HEADER)
+    return sock.recv(4096)
+
+
 def parse_stream(data: bytes) -> ET.Element:
     """The whole stream the listener sent, as XML (it must be well-formed and closed)."""
     return ET.fromstring(data.split(b"?>", 1)[1])
@@ -131,9 +136,8 @@ def test_an_xmpp_client_over_the_cap_is_refused_at_the_tcp_level(
         assert data == b""
     else:
         sock = wire.connect(port)
-        sock.sendall(STREAM_HEADER)
-        with pytest.raises(ConnectionResetError):
-            sock.recv(4096)
+        with pytest.raises(ConnectionResetError):  # on the write or on the read
+            say_and_listen(sock)
     out = xmpp_client.login(port, listener_tls.client(), direct_tls=tls is not None, timeout=10)
     assert out.stream_error is None and not out.session_started
     assert lt.metric("mailwarden_connections_total", service="test/svc", outcome="over_cap") >= 2
