@@ -159,10 +159,14 @@ def test_a_message_sent_through_the_smtp_family_reaches_the_backend(
     smtp_sink.inbox.wait_for(marker)
 
 
+@pytest.mark.parametrize("with_certificate", [False, True])
 def test_smtp_starttls_passes_through_to_the_backend_and_shows_its_certificate(
-    run_listener, smtp_sink, test_ca
+    run_listener, smtp_sink, test_ca, listener_tls, with_certificate
 ):
-    lt = run_listener(service(kind="Submission", backend_port=smtp_sink.port))
+    # A STARTTLS service that has a certificate (for the NNTP gate's sake, or because the
+    # MailService names a Secret) still speaks plain first and leaves STARTTLS to the backend.
+    fields = {"tls": listener_tls.files} if with_certificate else {}
+    lt = run_listener(service(kind="Submission", backend_port=smtp_sink.port, **fields))
     with smtplib.SMTP(wire.HOST, wire.port_of(lt), timeout=10) as client:
         client.starttls(context=test_ca.client_context())
         client.ehlo()
