@@ -111,6 +111,7 @@ def test_the_smtps_refusal_is_read_through_a_verified_tls_session(run_listener, 
     assert wire.read_until(sock, b"\r\n").startswith(b"554 5.7.1 ")
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_the_listener_refuses_tls_older_than_1_2(run_listener, listener_tls):
     lt = run_listener(tls_service("SMTPS", listener_tls, allow=NOBODY))
     ctx = listener_tls.client()
