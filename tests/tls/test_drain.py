@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
 import smtplib
 import socket
@@ -114,6 +115,8 @@ def smtp_backend(request, smtp_sink):
         yield postfix.port, delivered
     finally:
         postfix.stop()
+        shutil.rmtree(postfix.dir, ignore_errors=True)
+        shutil.rmtree(store.root, ignore_errors=True)
 
 
 def test_a_message_in_the_middle_of_data_when_sigterm_arrives_is_delivered(
