@@ -7,9 +7,12 @@ callbacks and a write, which is what keeps CPU and memory per session close to H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import socket
 import ssl
+import struct
 from typing import TYPE_CHECKING, cast
 
 from mailwarden.listener import acl, limits, proxyproto
@@ -30,6 +33,7 @@ EMPTY = b""
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
+    STARTTLS = "starttls"  # the NNTP gate's STARTTLS: the reader's leg is being encrypted
     CONNECTING = "connecting"  # admitted; the backend connection is being made
     GATED = "gated"  # NNTP reader gate in front of the backend
     RELAY = "relay"
@@ -134,7 +138,7 @@ class ClientConnection(asyncio.Protocol):
         elif state is State.REFUSING:
             assert self.conversation is not None
             self._say(self.conversation.feed(data))
-        elif state in (State.CONNECTING, State.TLS):
+        elif state in (State.CONNECTING, State.TLS, State.STARTTLS):
             self._hold(data)
             if len(self._pending) > PENDING_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
@@ -216,8 +220,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _handshake_done(self) -> None:
         rt = self.rt
-        if rt.server_tls is not None:
+        if rt.server_tls is not None and rt.implicit_tls:
             self.state = State.TLS
+            # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
+            # this protocol before that is handed over by _hand_over. (uvloop may start
+            # reading after connection_made returns, so the pause narrows the window but
+            # cannot be relied on.)
+            if self.transport is not None:
+                self.transport.pause_reading()
             rt.loop.create_task(self._start_tls(rt.server_tls))
             return
         self._decide()
@@ -225,25 +235,66 @@ class ClientConnection(asyncio.Protocol):
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
         assert transport is not None
-        # The raw transport may already hold bytes of the ClientHello.
-        early = bytes(self._pending)
-        self._pending = EMPTY
+        loop = self.rt.loop
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        # start_tls swaps in its TLS protocol on its first step and schedules that protocol's
+        # connection_made and the transport's resume_reading; one loop turn later (before
+        # the socket is read again) the raw bytes this protocol got meanwhile (the start of
+        # the ClientHello, possibly sent with the PROXY header) are handed to it.
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
         try:
             tls_transport = await asyncio.wait_for(
-                self.rt.loop.start_tls(transport, self, ctx, server_side=True),
-                timeout=self.rt.config.timeouts.handshake,
+                upgrade, timeout=self.rt.config.timeouts.handshake
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
             self._fail(m.HANDSHAKE_FAILED, f"TLS handshake: {exc!r}")
             return
-        if early:
-            log.debug("%s: %d bytes before TLS dropped", self.rt.config.name, len(early))
         if tls_transport is None:
             self._fail(m.HANDSHAKE_FAILED, "TLS handshake: closed")
             return
         self.transport = tls_transport
         self.tls = True
         self._decide()
+
+    async def _gate_starttls(self, ctx: ssl.SSLContext) -> None:
+        """STARTTLS offered by the NNTP gate: encrypt the reader's leg (the 382 is already
+        on its way); the news server's leg stays as it is."""
+        transport, backend = self.transport, self.backend
+        assert transport is not None and backend is not None
+        loop = self.rt.loop
+        self.state = State.STARTTLS
+        # The server has nothing to say until the next command; hold it anyway so nothing
+        # can be written into the handshake.
+        backend.transport.pause_reading()
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
+        try:
+            tls_transport = await asyncio.wait_for(
+                upgrade, timeout=self.rt.config.timeouts.handshake
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.info("%s: %s:%s: STARTTLS: %r", self.rt.config.name, *self.peer, exc)
+            self.close()
+            return
+        if tls_transport is None or self.state is not State.STARTTLS or self.gate is None:
+            self.close()
+            return
+        self.transport = tls_transport
+        self.tls = True
+        self.state = State.GATED
+        self.gate.tls_started()
+        backend.transport.resume_reading()
+        # Commands that came with the end of the handshake.
+        pending = bytes(self._pending)
+        self._pending = EMPTY
+        if pending:
+            self._apply_gate(self.gate.from_client(pending))
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        early = bytes(self._pending)
+        self._pending = EMPTY
+        if early:
+            _feed(transport, early)
 
     def _decide(self) -> None:
         rt = self.rt
@@ -333,7 +384,10 @@ class ClientConnection(asyncio.Protocol):
         pending = bytes(self._pending)
         self._pending = EMPTY
         if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
-            self.gate = nntp.ReaderGate()
+            self.gate = nntp.ReaderGate(
+                starttls=rt.server_tls is not None and not rt.implicit_tls,
+                tls_active=rt.implicit_tls,
+            )
             self.state = State.GATED
             if pending:
                 self._apply_gate(self.gate.from_client(pending))
@@ -360,6 +414,8 @@ class ClientConnection(asyncio.Protocol):
         if out.open:
             self.state = State.RELAY
             self.gate = None
+        elif out.start_tls and self.rt.server_tls is not None:
+            self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
         if self._eof:
             self._gate_eof()
 
@@ -397,7 +453,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if reply.reset:
-            transport.abort()
+            _reset(transport)
             return
         if reply.data:
             transport.write(reply.data)
@@ -508,3 +564,33 @@ class BackendConnection(asyncio.Protocol):
 
 def _claims_proxy(data: bytes) -> bool:
     return data.startswith(proxyproto.V1_PREFIX) or data.startswith(proxyproto.V2_SIGNATURE[:12])
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP RST rather than a FIN: a zero linger time makes close() drop the
+    connection (XEP-0205's refusal at the TCP level)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _feed(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand bytes already read to the protocol the transport now has (a TLS layer)."""
+    protocol = transport.get_protocol()
+    if isinstance(protocol, ClientConnection) or transport.is_closing():
+        return
+    # asyncio's TLS layer is a BufferedProtocol; uvloop's implements the same two methods
+    # without subclassing it.
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is not None:
+        view = memoryview(data)
+        while view:
+            buf = get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
