@@ -5,45 +5,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailwarden.listener import config as lc
-from mailwarden.operator import models, naming
+from tests.operator.resources import (
+    MW,
+    condition,
+    events_include,
+    listener_config,
+    mailservice,
+    ready,
+)
 from tests.support.operator import Client, eventually
-
-MW = models.API_VERSION
-
-
-def mailservice(ns: str, name: str, **spec: Any) -> dict[str, Any]:
-    spec.setdefault("service", "SMTP")
-    spec.setdefault("backend", {"host": "postfix.mail.svc"})
-    return {"apiVersion": MW, "kind": "MailService", "metadata": {"name": name, "namespace": ns},
-            "spec": spec}
-
-
-def condition(obj: dict[str, Any] | None, type: str) -> dict[str, Any]:
-    assert obj is not None
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond["type"] == type:
-            return dict(cond)
-    raise AssertionError(f"no {type} condition in {obj.get('status')}")
-
-
-def ready(kube: Client, ns: str, name: str, reason: str = "Running") -> dict[str, Any]:
-    obj = kube.get(MW, "MailService", ns, name)
-    cond = condition(obj, "Ready")
-    assert cond["reason"] == reason, cond
-    assert obj is not None
-    return obj
-
-
-def listener_config(kube: Client, ns: str, name: str) -> lc.ListenerConfig:
-    cm = kube.get("v1", "ConfigMap", ns, naming.base(name))
-    assert cm is not None
-    return lc.loads(cm["data"][naming.CONFIG_FILE])
 
 
 def test_a_new_mailservice_gets_its_children_and_becomes_ready(kube: Client, ns: str) -> None:
-    created = kube.apply(mailservice(ns, "smtp", listen=[{"address": "192.0.2.25"}],
-                                     access={"maxConnections": 100}, replicas=2))
+    created = kube.apply(
+        mailservice(
+            ns,
+            "smtp",
+            listen=[{"address": "192.0.2.25"}],
+            access={"maxConnections": 100},
+            replicas=2,
+        )
+    )
     obj = eventually(lambda: ready(kube, ns, "smtp"))
     status = obj["status"]
     assert status["observedGeneration"] == created["metadata"]["generation"]
@@ -60,7 +42,11 @@ def test_a_new_mailservice_gets_its_children_and_becomes_ready(kube: Client, ns:
     assert deployment["spec"]["replicas"] == 2
     owner = deployment["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
-        "MailService", "smtp", created["metadata"]["uid"], True)
+        "MailService",
+        "smtp",
+        created["metadata"]["uid"],
+        True,
+    )
     svc = kube.get("v1", "Service", ns, "mailwarden-smtp-192-0-2-25")
     assert svc is not None
     assert svc["spec"]["loadBalancerIP"] == "192.0.2.25"
@@ -70,19 +56,17 @@ def test_a_new_mailservice_gets_its_children_and_becomes_ready(kube: Client, ns:
     eventually(lambda: events_include(kube, ns, "smtp", {"Created", "Running"}))
 
 
-def events_include(kube: Client, ns: str, name: str, reasons: set[str]) -> None:
-    seen = {e["reason"] for e in kube.list("v1", "Event", ns)
-            if e["involvedObject"]["name"] == name}
-    assert reasons <= seen, seen
-
-
 def test_reconciling_again_writes_nothing(kube: Client, ns: str, emulator: Any) -> None:
     kube.apply(mailservice(ns, "imap", service="IMAP"))
     eventually(lambda: ready(kube, ns, "imap"))
     before = {
         kind: kube.get(api, kind, ns, "mailwarden-imap")["metadata"]["resourceVersion"]  # type: ignore[index]
-        for api, kind in [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                          ("networking.k8s.io/v1", "NetworkPolicy")]
+        for api, kind in [
+            ("v1", "ConfigMap"),
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+        ]
     }
     msvc_rv = kube.get(MW, "MailService", ns, "imap")["metadata"]["resourceVersion"]  # type: ignore[index]
     # A label change is a change kopf hands to the update handler: a full reconcile.
@@ -90,8 +74,12 @@ def test_reconciling_again_writes_nothing(kube: Client, ns: str, emulator: Any) 
     eventually(lambda: _handled(kube, ns, "imap", msvc_rv))
     after = {
         kind: kube.get(api, kind, ns, "mailwarden-imap")["metadata"]["resourceVersion"]  # type: ignore[index]
-        for api, kind in [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                          ("networking.k8s.io/v1", "NetworkPolicy")]
+        for api, kind in [
+            ("v1", "ConfigMap"),
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+        ]
     }
     assert after == before
 
@@ -139,8 +127,11 @@ def test_a_changed_port_moves_the_service_and_container_port(kube: Client, ns: s
 
 
 def test_a_dropped_address_loses_its_service(kube: Client, ns: str) -> None:
-    kube.apply(mailservice(ns, "web", service="HTTP",
-                           listen=[{"address": "192.0.2.80"}, {"address": "192.0.2.81"}]))
+    kube.apply(
+        mailservice(
+            ns, "web", service="HTTP", listen=[{"address": "192.0.2.80"}, {"address": "192.0.2.81"}]
+        )
+    )
     eventually(lambda: ready(kube, ns, "web"))
     assert kube.get("v1", "Service", ns, "mailwarden-web-192-0-2-81") is not None
     kube.patch(MW, "MailService", ns, "web", {"spec": {"listen": [{"address": "192.0.2.80"}]}})
@@ -159,8 +150,12 @@ def test_a_deleted_mailservice_is_left_to_the_garbage_collector(kube: Client, ns
     children actually disappear."""
     created = kube.apply(mailservice(ns, "gone", service="IMAPS", tls={"secretName": "t"}))
     eventually(lambda: ready(kube, ns, "gone"))
-    children = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                ("networking.k8s.io/v1", "NetworkPolicy")]
+    children = [
+        ("v1", "ConfigMap"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
+    ]
     for api, kind in children:
         child = kube.get(api, kind, ns, "mailwarden-gone")
         assert child is not None

@@ -44,15 +44,16 @@ import kmock
 from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 
-STATUS_SUBRESOURCE = {("mailwarden.io", "mailservices"), ("mailwarden.io", "ipaddressgroups"),
-                      ("apps", "deployments")}
+STATUS_SUBRESOURCE = {
+    ("mailwarden.io", "mailservices"),
+    ("mailwarden.io", "ipaddressgroups"),
+    ("apps", "deployments"),
+}
 LOG_LIMIT = 20_000
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
@@ -164,8 +165,12 @@ class Emulator(kmock.KubernetesEmulator):
         key = self._key(request, meta["name"])
         if self._live(key) is not None:
             raise _error(409, "AlreadyExists", f"{meta['name']!r} already exists")
-        meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now(),
-                    resourceVersion=self._next_rv())
+        meta.update(
+            uid=str(uuid.uuid4()),
+            generation=1,
+            creationTimestamp=_now(),
+            resourceVersion=self._next_rv(),
+        )
         meta.pop("deletionTimestamp", None)
         if has_status:
             obj.pop("status", None)
@@ -194,7 +199,10 @@ class Emulator(kmock.KubernetesEmulator):
         return dict(kmock_dicts.merge_patch_dict(old, data))
 
     async def _update(
-        self, request: rendering.Request, old: dict[str, Any], new: dict[str, Any],
+        self,
+        request: rendering.Request,
+        old: dict[str, Any],
+        new: dict[str, Any],
         has_status: bool,
     ) -> dict[str, Any]:
         new = json.loads(json.dumps(new))  # plain dicts and lists all the way down
@@ -207,8 +215,15 @@ class Emulator(kmock.KubernetesEmulator):
             if "status" in old:
                 new["status"] = old["status"]
         meta = new.setdefault("metadata", {})
-        for field in ("uid", "creationTimestamp", "name", "namespace", "deletionTimestamp",
-                      "generation", "resourceVersion"):
+        for field in (
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "deletionTimestamp",
+            "generation",
+            "resourceVersion",
+        ):
             if field in old["metadata"]:
                 meta[field] = old["metadata"][field]
         strip = ("metadata", "status")
@@ -260,7 +275,10 @@ class Emulator(kmock.KubernetesEmulator):
         n = int(obj.get("spec", {}).get("replicas", 1))
         obj["status"] = {
             "observedGeneration": obj["metadata"]["generation"],
-            "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n,
+            "replicas": n,
+            "updatedReplicas": n,
+            "readyReplicas": n,
+            "availableReplicas": n,
         }
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self._store(key, obj)
@@ -293,8 +311,12 @@ class Emulator(kmock.KubernetesEmulator):
         async with self._lock:
             items = self._matching(request)
             rv = str(self._last_rv)
-        return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv},
-                "items": items}
+        return {
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        }
 
     async def _serve_watch(self, request: rendering.Request) -> Any:
         yield b""
@@ -305,12 +327,15 @@ class Emulator(kmock.KubernetesEmulator):
             # Follow the bus first, then take the snapshot: nothing falls between the two.
             mark = await bus.mark()
             if since and since not in ("0", "..."):
-                backlog = [e for rv, res, e in self._log
-                           if res == request.resource and rv > int(since)]
+                backlog = [
+                    e for rv, res, e in self._log if res == request.resource and rv > int(since)
+                ]
             else:
                 backlog = [{"type": "ADDED", "object": o} for o in self._matching(request)]
-            sent = max([int(e["object"]["metadata"]["resourceVersion"]) for e in backlog],
-                       default=int(since) if since.isdigit() else self._last_rv)
+            sent = max(
+                [int(e["object"]["metadata"]["resourceVersion"]) for e in backlog],
+                default=int(since) if since.isdigit() else self._last_rv,
+            )
         try:
             for event in backlog:
                 if self._wanted(request, selector, event):
@@ -341,37 +366,59 @@ class Emulator(kmock.KubernetesEmulator):
 
 RESOURCES: dict[str, kmock.ResourceInfo] = {
     "mailwarden.io/v1alpha1/mailservices": kmock.ResourceInfo(
-        kind="MailService", singular="mailservice", namespaced=True, shortnames={"msvc"},
-        categories={"mailwarden"}, subresources={"status"},
+        kind="MailService",
+        singular="mailservice",
+        namespaced=True,
+        shortnames={"msvc"},
+        categories={"mailwarden"},
+        subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "mailwarden.io/v1alpha1/ipaddressgroups": kmock.ResourceInfo(
-        kind="IPAddressGroup", singular="ipaddressgroup", namespaced=True, shortnames={"ipg"},
-        categories={"mailwarden"}, subresources={"status"},
+        kind="IPAddressGroup",
+        singular="ipaddressgroup",
+        namespaced=True,
+        shortnames={"ipg"},
+        categories={"mailwarden"},
+        subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "apps/v1/deployments": kmock.ResourceInfo(
-        kind="Deployment", singular="deployment", namespaced=True, subresources={"status"},
+        kind="Deployment",
+        singular="deployment",
+        namespaced=True,
+        subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "v1/configmaps": kmock.ResourceInfo(
-        kind="ConfigMap", singular="configmap", namespaced=True,
+        kind="ConfigMap",
+        singular="configmap",
+        namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "v1/services": kmock.ResourceInfo(
-        kind="Service", singular="service", namespaced=True, subresources={"status"},
+        kind="Service",
+        singular="service",
+        namespaced=True,
+        subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "v1/events": kmock.ResourceInfo(
-        kind="Event", singular="event", namespaced=True,
+        kind="Event",
+        singular="event",
+        namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "v1/namespaces": kmock.ResourceInfo(
-        kind="Namespace", singular="namespace", namespaced=False,
+        kind="Namespace",
+        singular="namespace",
+        namespaced=False,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(
-        kind="NetworkPolicy", singular="networkpolicy", namespaced=True,
+        kind="NetworkPolicy",
+        singular="networkpolicy",
+        namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
 }

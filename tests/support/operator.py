@@ -126,7 +126,12 @@ class Client:
         return items
 
     def patch(
-        self, api_version: str, kind: str, namespace: str, name: str, patch: Any,
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: Any,
         content_type: str = "application/merge-patch+json",
     ) -> dict[str, Any]:
         r = self.http.patch(
