@@ -69,11 +69,10 @@ def test_restart_changes_only_the_pod_template_annotation(kube: Client, ns: str)
     after = eventually(restarted)
     # A rolling restart: one new pod ready before an old one drains.
     assert after["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
-    strip = lambda d: {
-        k: v
-        for k, v in d["spec"]["template"]["metadata"].items()
-        if k != "annotations"
-    }
+
+    def strip(d):
+        return {k: v for k, v in d["spec"]["template"]["metadata"].items() if k != "annotations"}
+
     assert strip(after) == strip(before)
     assert after["spec"]["template"]["spec"] == before["spec"]["template"]["spec"]
     assert after["spec"]["replicas"] == before["spec"]["replicas"]
