@@ -24,8 +24,9 @@ LABEL_SERVICE_KIND = f"{models.GROUP}/service"
 
 # On a listener Service: the address it holds (empty: any).
 ANNOTATION_ADDRESS = f"{models.GROUP}/address"
-# On the ConfigMap: a hash of the listener configuration, for people and diffs. It is never
-# copied into the pod template: a configuration change must reach the pods without a restart.
+# On the ConfigMap: a hash of the listener configuration, for people and diffs; and on the
+# running listener pods, to make the kubelet refresh their ConfigMap volume at once. It is
+# never put into the pod template: a configuration change must reach pods without a restart.
 ANNOTATION_CONFIG_HASH = f"{models.GROUP}/config-hash"
 
 CONFIG_DIR = "/etc/mailwarden/config"

@@ -24,6 +24,7 @@ from mailwarden.operator import (
     manifests,
     metrics,
     models,
+    naming,
 )
 from mailwarden.operator import settings as settings_mod
 from mailwarden.operator import status as status_mod
@@ -215,6 +216,13 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
                 "Normal",
                 action.capitalize(),
                 f"{action} {child['kind']} {child['metadata']['name']}",
+            )
+        if child["kind"] == "ConfigMap" and action == "updated":
+            await apply.nudge_pods(
+                ctx.api,
+                namespace,
+                naming.selector(msvc.metadata.name),
+                child["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
             )
     for name in await apply.prune(
         ctx.api,
