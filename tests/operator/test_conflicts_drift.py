@@ -136,3 +136,10 @@ def test_an_invalid_spec_is_reported_once_and_not_retried_in_a_loop(kube: Client
     # Fixed, it recovers by itself.
     kube.patch(MW, "MailService", ns, "bad", {"spec": {"access": {"anonymous": False}}})
     eventually(lambda: ready(kube, ns, "bad"))
+
+
+def test_api_errors_are_retried_with_backoff(kube: Client, ns: str, emulator: Any) -> None:
+    emulator.emulator.faults[("POST", "configmaps")] = 2
+    kube.apply(mailservice(ns, "flaky", service="POP3S", tls={"secretName": "t"}))
+    eventually(lambda: ready(kube, ns, "flaky"), timeout=15)
+    assert emulator.emulator.faults[("POST", "configmaps")] == 0

@@ -88,7 +88,7 @@ def _handled(kube: Client, ns: str, name: str, rv: str) -> None:
     obj = kube.get(MW, "MailService", ns, name)
     assert obj is not None
     annotations = obj["metadata"].get("annotations") or {}
-    handled = annotations.get("mailwarden.io/last-handled-configuration", "")
+    handled = annotations.get("kopf.mailwarden.io/last-handled-configuration", "")
     assert "team" in handled, annotations
 
 

@@ -16,7 +16,8 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
 - equality-based label selectors (`k=v`, `k!=v`, `k`, `!k`) on list and watch;
 - requests dropped from kmock's history once served (its router scans the whole history on
   every request, which made a GET 90x slower after 1,000 requests);
-- a stand-in for the Deployment controller (status follows spec at once, or on demand).
+- a stand-in for the Deployment controller (status follows spec at once, or on demand);
+- injected server errors (`faults`), to see retries.
 
 What it does not do, and the tests that would need it say so: garbage collection of
 dependents, schema validation, pruning and defaulting (CRD OpenAPI and CEL), admission,
@@ -81,6 +82,8 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     deployment_controller: bool = True
+    # (method, plural) -> how many of the next such requests fail with 500.
+    faults: dict[tuple[str, str], int] = attrs.field(factory=dict)
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     _log: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(
@@ -91,6 +94,11 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         try:
+            if request.resource is not None:
+                fault = (str(request.method.value), str(request.resource.plural))
+                if self.faults.get(fault, 0) > 0:
+                    self.faults[fault] -= 1
+                    return await self._render_error(_error(500, "InternalError", "injected"))
             if request.resource is not None and request.subresource not in (None, "status"):
                 raise _error(404, "NotFound", f"subresource {request.subresource} not emulated")
             if request.resource is not None and (

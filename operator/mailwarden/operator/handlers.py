@@ -36,6 +36,7 @@ CHILD_LABELS: dict[str, Any] = {
     naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
     naming.LABEL_MAILSERVICE: kopf.PRESENT,
 }
+KOPF_PREFIX = f"kopf.{models.GROUP}"
 RESYNC_SECONDS = float(os.environ.get("MAILWARDEN_RESYNC_SECONDS", "300"))
 MAX_BACKOFF = 300.0
 
@@ -51,10 +52,12 @@ async def configure(
     ipaddressgroups: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    # Progress in annotations only: the status belongs to the resource's own schema.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
+    # Progress in annotations only: the status belongs to the resource's own schema. A prefix
+    # of kopf's own, because kopf hides every annotation under its prefix from change
+    # detection, and mailwarden.io/state must count as a change.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=models.GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own events say what happened
     settings.watching.server_timeout = 300
