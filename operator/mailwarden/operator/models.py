@@ -4,12 +4,14 @@ the operator, `mailwarden render` and `mailwarden listen` all read manifests thr
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from mailwarden.listener import catalogue
 
@@ -39,6 +41,15 @@ assert set(ServiceName.__args__) == set(catalogue.SERVICE_NAMES)  # type: ignore
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Coarse shapes of addresses and networks for the CRD schema (the API server has no portable
+# IP check); the validators below do the precise parsing. Schema-only, so pydantic's own,
+# clearer messages stay.
+IP_SHAPE: JsonDict = {"pattern": r"^[0-9A-Fa-f:.]+$"}
+NETWORK_SHAPE: JsonDict = {"pattern": r"^[0-9A-Fa-f:.]+(/[0-9A-Fa-f:.]+)?$"}
+RANGE_SHAPE: JsonDict = {"pattern": r"^ *[0-9A-Fa-f:.]+ *- *[0-9A-Fa-f:.]+ *$"}
+Cidr = Annotated[str, Field(max_length=64, json_schema_extra=NETWORK_SHAPE)]
+LabelValue = Annotated[str, Field(max_length=63)]
+AnnotationValue = Annotated[str, Field(max_length=4096)]
 
 
 class _Spec(pydantic.BaseModel):
@@ -56,6 +67,7 @@ class ListenAddress(_Spec):
     address: str | None = Field(
         default=None,
         max_length=45,
+        json_schema_extra=IP_SHAPE,
         description=(
             "IPv4 or IPv6 address to bind this port to (the Service gets it as its fixed "
             "load-balancer or external IP). Absent: all addresses. Avoid addresses assigned by "
@@ -159,8 +171,9 @@ class TLS(_Spec):
 class ProxyProtocol(_Spec):
     """Accept a PROXY protocol header from load balancers in front of the listener."""
 
-    trusted_cidrs: list[str] = Field(
+    trusted_cidrs: list[Cidr] = Field(
         default_factory=list,
+        alias="trustedCIDRs",  # Kubernetes spells the acronym whole (podCIDR, serviceCIDR)
         max_length=64,
         description="Only these peers may send a PROXY header; anyone else sending one is refused.",
     )
@@ -181,8 +194,10 @@ class Expose(_Spec):
         default="Local",
         description="Local keeps client addresses intact, which access rules depend on.",
     )
-    annotations: dict[str, str] = Field(
-        default_factory=dict, description="Annotations for the Service (load-balancer settings)."
+    annotations: dict[str, AnnotationValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Annotations for the Service (load-balancer settings).",
     )
 
 
@@ -235,8 +250,12 @@ class MailServiceSpec(_Spec):
     resources: dict[str, Any] | None = Field(
         default=None, description="Resource requests and limits of the listener container."
     )
-    node_selector: dict[str, str] | None = Field(default=None, description="Pod node selector.")
-    tolerations: list[dict[str, Any]] | None = Field(default=None, description="Pod tolerations.")
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None, max_length=64, description="Pod node selector."
+    )
+    tolerations: list[dict[str, Any]] | None = Field(
+        default=None, max_length=64, description="Pod tolerations."
+    )
     affinity: dict[str, Any] | None = Field(default=None, description="Pod affinity.")
 
     @pydantic.model_validator(mode="after")
@@ -255,6 +274,13 @@ class MailServiceSpec(_Spec):
                     f"listen: {item.address or '*'}:{key[1]} is listed twice in this MailService"
                 )
             seen.add(key)
+        cap = self.access.max_connections
+        if 0 < cap < self.replicas:
+            raise ValueError(
+                f"access.maxConnections: {cap} is below replicas ({self.replicas}); each replica "
+                "takes floor(maxConnections / replicas) connections, so use 0 (unlimited) or at "
+                "least replicas"
+            )
         if kind.tls is catalogue.TLSMode.IMPLICIT and self.tls is None:
             raise ValueError(
                 f"tls: {self.service} is an implicit-TLS service and needs tls.secretName"
@@ -288,15 +314,22 @@ def _cidr(v: str) -> str:
 class GroupItem(_Spec):
     """Exactly one of host, network, range or group."""
 
-    host: str | None = Field(default=None, max_length=45, description="One IPv4 or IPv6 address.")
+    host: str | None = Field(
+        default=None,
+        max_length=45,
+        json_schema_extra=IP_SHAPE,
+        description="One IPv4 or IPv6 address.",
+    )
     network: str | None = Field(
         default=None,
         max_length=64,
+        json_schema_extra=NETWORK_SHAPE,
         description="A network: CIDR (192.0.2.0/24, 2001:db8::/32) or address/mask.",
     )
     range: str | None = Field(
         default=None,
         max_length=100,
+        json_schema_extra=RANGE_SHAPE,
         description="An address range, first-last (192.0.2.10-192.0.2.20), both ends included.",
     )
     group: str | None = Field(
@@ -305,7 +338,9 @@ class GroupItem(_Spec):
         pattern=DNS_SUBDOMAIN,
         description="Another IPAddressGroup in the same namespace, included whole.",
     )
-    description: str | None = Field(default=None, max_length=256, description="A note.")
+    description: str | None = Field(
+        default=None, max_length=256, description="A free-text note about the item."
+    )
 
     @pydantic.model_validator(mode="after")
     def _exactly_one(self) -> GroupItem:
@@ -348,6 +383,115 @@ class IPAddressGroupSpec(_Spec):
 
     items: list[GroupItem] = Field(
         default_factory=list, max_length=1024, description="Hosts, networks, ranges and groups."
+    )
+
+
+# -- status ---------------------------------------------------------------------------------
+# What the operator writes. The CRDs' status schemas are generated from these models.
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+ServiceState = Literal["Running", "Stopped", "Starting"]
+
+
+class _Status(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        extra="ignore", populate_by_name=True, alias_generator=to_camel
+    )
+
+
+class Condition(_Status):
+    """One aspect of the resource's current state (the metav1.Condition shape)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Ready, Reconciling or Stalled.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the condition was set for.",
+        json_schema_extra={"format": "int64"},
+    )
+    last_transition_time: datetime.datetime = Field(
+        description="When the condition last changed from one status to another."
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description=(
+            "Why, in CamelCase (e.g. ListenConflict, IPAddressGroupNotFound, BackendUnreachable)."
+        ),
+    )
+    message: str = Field(max_length=32768, description="Details for people.")
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        max_length=16,
+        description="Ready, Reconciling and Stalled, following the Kubernetes API conventions.",
+    ),
+]
+ObservedGeneration = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        description="The metadata.generation the status was computed from.",
+        json_schema_extra={"format": "int64"},
+    ),
+]
+
+
+class MailServiceStatus(_Status):
+    """What the operator observed and did, as of observedGeneration."""
+
+    observed_generation: ObservedGeneration = None
+    conditions: Conditions = Field(default_factory=list)
+    state: ServiceState | None = Field(
+        default=None,
+        description="Running, Stopped or Starting (pods are coming up).",
+    )
+    last_state_change: datetime.datetime | None = Field(
+        default=None, description="When state last changed."
+    )
+    endpoints: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            'The effective listen endpoints, "address:port" ("*:port" for all addresses, '
+            '"[v6]:port" for IPv6).'
+        ),
+    )
+    effective_max_connections_per_pod: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Connections each listener pod takes: floor(maxConnections / replicas). 0: unlimited."
+        ),
+    )
+    replicas: int | None = Field(
+        default=None, ge=0, description="Listener pods that exist (for the scale subresource)."
+    )
+    selector: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Label selector of the listener pods (for the scale subresource).",
+    )
+
+
+class IPAddressGroupStatus(_Status):
+    """The resolved group, as of observedGeneration."""
+
+    observed_generation: ObservedGeneration = None
+    conditions: Conditions = Field(default_factory=list)
+    cidrs: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=10000,
+        description="The minimal list of CIDRs the group and its nested groups stand for.",
     )
 
 
