@@ -74,7 +74,7 @@ def spread() -> list[models.MailService]:
             spec["nodeSelector"] = {"kubernetes.io/os": "linux"}
             spec["tolerations"] = [{"key": "mail", "operator": "Exists", "effect": "NoSchedule"}]
         if i % 3 == 0:
-            spec["proxyProtocol"] = {"trustedCidrs": ["10.0.0.0/8"]}
+            spec["proxyProtocol"] = {"trustedCIDRs": ["10.0.0.0/8"]}
             spec["backend"] = {"host": "backend", "port": 1000 + i, "proxyProtocol": "V2"}
         if i % 5 == 0:
             spec["startup"] = "Manual"
@@ -238,7 +238,7 @@ def test_a_lost_claim_gets_no_service() -> None:
 
 def test_the_network_policy_admits_the_group_and_the_monitoring_namespace() -> None:
     built = children.build(
-        msvc(access={"allowFrom": "office"}, proxyProtocol={"trustedCidrs": ["10.0.0.0/8"]}), GROUPS
+        msvc(access={"allowFrom": "office"}, proxyProtocol={"trustedCIDRs": ["10.0.0.0/8"]}), GROUPS
     )
     service_rule, metrics_rule = built.network_policy["spec"]["ingress"]
     cidrs = [f["ipBlock"]["cidr"] for f in service_rule["from"]]

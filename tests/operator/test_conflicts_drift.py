@@ -41,9 +41,7 @@ def test_the_later_service_does_not_take_a_claimed_address_and_takes_over_later(
     # It keeps what it can have, not what it cannot.
     assert kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-101") is not None
     assert kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-100") is None
-    assert loser["status"]["endpoints"] == [
-        {"address": "192.0.2.101", "port": 443, "serviceName": "mailwarden-b-second-192-0-2-101"}
-    ]
+    assert loser["status"]["endpoints"] == ["192.0.2.101:443"]
     eventually(lambda: events_include(kube, ns, "b-second", {"ListenConflict"}))
 
     kube.delete(MW, "MailService", ns, "a-first")

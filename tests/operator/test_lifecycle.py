@@ -30,10 +30,8 @@ def test_a_new_mailservice_gets_its_children_and_becomes_ready(kube: Client, ns:
     status = obj["status"]
     assert status["observedGeneration"] == created["metadata"]["generation"]
     assert status["state"] == "Running"
-    assert status["perPodMaxConnections"] == 50
-    assert status["endpoints"] == [
-        {"address": "192.0.2.25", "port": 25, "serviceName": "mailwarden-smtp-192-0-2-25"}
-    ]
+    assert status["effectiveMaxConnectionsPerPod"] == 50
+    assert status["endpoints"] == ["192.0.2.25:25"]
     assert condition(obj, "Reconciling")["status"] == "False"
     assert condition(obj, "Stalled")["status"] == "False"
 
@@ -101,7 +99,7 @@ def test_a_spec_change_reaches_the_config_without_restarting_pods(kube: Client, 
     def updated() -> None:
         assert listener_config(kube, ns, "pop").services[0].max_connections == 20
         obj = ready(kube, ns, "pop")
-        assert obj["status"]["perPodMaxConnections"] == 20
+        assert obj["status"]["effectiveMaxConnectionsPerPod"] == 20
         assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
 
     eventually(updated)

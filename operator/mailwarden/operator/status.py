@@ -183,20 +183,24 @@ def mailservice(
     )
     state = state_of(f)
     last_change = old.get("lastStateChange") if old.get("state") == state else None
+    # The shape of models.MailServiceStatus, from which the CRD's status schema is made.
     return {
         "observedGeneration": gen,
         "state": state,
         "lastStateChange": last_change or timestamp,
         "replicas": f.current_replicas,
-        "availableReplicas": f.available_replicas,
         "selector": ",".join(f"{k}={v}" for k, v in naming.selector(msvc.metadata.name).items()),
-        "perPodMaxConnections": built.rendered.service.max_connections,
-        "endpoints": [
-            {"address": e.address, "port": e.port, "serviceName": e.service}
-            for e in built.endpoints
-        ],
+        "effectiveMaxConnectionsPerPod": built.rendered.service.max_connections,
+        "endpoints": [endpoint(e.address, e.port) for e in built.endpoints],
         "conditions": conds,
     }
+
+
+def endpoint(address: str | None, port: int) -> str:
+    """address:port as the status shows it: *:25, 192.0.2.1:25, [2001:db8::1]:25."""
+    if address is None:
+        return f"*:{port}"
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _running_message(built: children.Children) -> str:
