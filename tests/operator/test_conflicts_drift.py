@@ -108,14 +108,24 @@ def test_a_child_deleted_by_hand_comes_back(kube: Client, ns: str) -> None:
         eventually(back)
 
 
-def test_an_invalid_spec_is_reported_once_and_not_retried_in_a_loop(kube: Client, ns: str) -> None:
-    """A real API server refuses most of this with the CRD's schema and CEL rules before the
-    operator sees it; the emulator validates nothing, so the operator's own check shows."""
-    kube.apply(mailservice(ns, "bad", service="SMTP", access={"anonymous": True}))
-    obj = eventually(lambda: ready(kube, ns, "bad", reason="InvalidSpec"))
-    assert (
-        "anonymous access is only allowed for NNTP and NNTPS" in condition(obj, "Ready")["message"]
+def test_the_crd_refuses_what_its_schema_and_rules_forbid(kube: Client, ns: str) -> None:
+    """The emulator admits custom resources through the CRDs in deploy/crds (schema, defaults,
+    CEL), so this is refused before the operator sees it, as on a real API server."""
+    r = kube.http.post(
+        kube.path(MW, "MailService", ns),
+        json=mailservice(ns, "anon", service="SMTP", access={"anonymous": True}),
     )
+    assert r.status_code == 422
+    assert "only allowed for NNTP and NNTPS" in r.json()["message"]
+
+
+def test_an_invalid_spec_is_reported_once_and_not_retried_in_a_loop(kube: Client, ns: str) -> None:
+    """300.1.2.3 has the shape the CRD's schema checks (digits and dots) but is no address:
+    only the operator's own validation finds it."""
+    kube.apply(mailservice(ns, "bad", service="SMTP", listen=[{"address": "300.1.2.3"}]))
+    obj = eventually(lambda: ready(kube, ns, "bad", reason="InvalidSpec"))
+    message = condition(obj, "Ready")["message"]
+    assert "spec.listen.0.address" in message and "300.1.2.3" in message
     assert condition(obj, "Stalled")["status"] == "True"
     assert kube.get("apps/v1", "Deployment", ns, "mailwarden-bad") is None
     eventually(lambda: events_include(kube, ns, "bad", {"InvalidSpec"}))
@@ -132,7 +142,7 @@ def test_an_invalid_spec_is_reported_once_and_not_retried_in_a_loop(kube: Client
     )
 
     # Fixed, it recovers by itself.
-    kube.patch(MW, "MailService", ns, "bad", {"spec": {"access": {"anonymous": False}}})
+    kube.patch(MW, "MailService", ns, "bad", {"spec": {"listen": [{"address": "192.0.2.30"}]}})
     eventually(lambda: ready(kube, ns, "bad"))
 
 

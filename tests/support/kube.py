@@ -19,9 +19,12 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
 - a stand-in for the Deployment controller (status follows spec at once, or on demand);
 - injected server errors (`faults`), to see retries.
 
+- admission for the project's custom resources: the CRDs from deploy/crds default and
+  validate every write, CEL rules included (tests/support/crdcheck.py, with its limits);
+
 What it does not do, and the tests that would need it say so: garbage collection of
-dependents, schema validation, pruning and defaulting (CRD OpenAPI and CEL), admission,
-server-side apply, set-based selectors and field selectors, pods, Services' address
+dependents, schema validation of built-in kinds, admission webhooks and policies (Pod
+Security), server-side apply, set-based selectors and field selectors, pods, Services' address
 allocation, and any real controller but the Deployment stand-in.
 """
 
@@ -33,6 +36,7 @@ import copy
 import datetime
 import itertools
 import json
+import pathlib
 import secrets
 import threading
 import uuid
@@ -42,9 +46,13 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
+import yaml
 from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 
+from tests.support import crdcheck
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATUS_SUBRESOURCE = {
     ("mailwarden.io", "mailservices"),
     ("mailwarden.io", "ipaddressgroups"),
@@ -58,7 +66,9 @@ def _now() -> str:
 
 
 def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
-    return kmock.KubernetesError(status=status, reason=reason, message=message, details={})
+    return kmock.KubernetesError(
+        status=status, reason=reason, message=message, details={"emulated": True}
+    )
 
 
 def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
@@ -84,6 +94,9 @@ class Emulator(kmock.KubernetesEmulator):
     deployment_controller: bool = True
     # (method, plural) -> how many of the next such requests fail with 500.
     faults: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    # plural -> CustomResourceDefinition: writes are defaulted and validated (schema and CEL)
+    # as an API server's admission would.
+    crds: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     _log: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(
@@ -182,6 +195,7 @@ class Emulator(kmock.KubernetesEmulator):
         meta.pop("deletionTimestamp", None)
         if has_status:
             obj.pop("status", None)
+        obj = self._admit(request, obj, None)
         self._store(key, obj)
         await self._publish(request.resource, "ADDED", obj)
         await self._play_controllers(request, key)
@@ -234,6 +248,7 @@ class Emulator(kmock.KubernetesEmulator):
         ):
             if field in old["metadata"]:
                 meta[field] = old["metadata"][field]
+        new = self._admit(request, new, old)
         strip = ("metadata", "status")
         if {k: v for k, v in new.items() if k not in strip} != {
             k: v for k, v in old.items() if k not in strip
@@ -268,6 +283,17 @@ class Emulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = self._next_rv()
         await self._publish(request.resource, "DELETED", old)
         return old
+
+    def _admit(
+        self, request: rendering.Request, obj: dict[str, Any], old: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        crd = self.crds.get(str(request.resource.plural))
+        if crd is None:
+            return obj
+        stored, errors = crdcheck.validate(crd, obj, old)
+        if errors:
+            raise _error(422, "Invalid", "; ".join(errors))
+        return stored  # type: ignore[no-any-return]
 
     # -- the Deployment controller stand-in -------------------------------------------------
 
@@ -438,6 +464,16 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
 }
 
 
+def load_crds() -> dict[str, dict[str, Any]]:
+    """The project's CRDs by plural (none yet in a checkout without deploy/crds)."""
+    out = {}
+    for path in sorted((ROOT / "deploy" / "crds").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                out[doc["spec"]["names"]["plural"]] = doc
+    return out
+
+
 class EmulatorThread:
     """The emulator served over real HTTP on 127.0.0.1 from its own thread and event loop, so
     that blocking test code and the operator's own loop can both talk to it."""
@@ -473,7 +509,7 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        emulator = Emulator(deployment_controller=self._deployment_controller)
+        emulator = Emulator(deployment_controller=self._deployment_controller, crds=load_crds())
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         async with emulator, kmock.Server(emulator) as server:

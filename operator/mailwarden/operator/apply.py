@@ -4,12 +4,17 @@ other controllers add (defaults, nodePorts, clusterIP, status) are left alone.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from mailwarden.operator import kube, naming
 
 Action = Literal["created", "updated", "unchanged"]
+Guard = Callable[[], Awaitable[bool]]
+
+
+class OwnerGone(Exception):
+    """The object the children are for went away while they were being applied."""
 
 
 def contains(live: Any, desired: Any) -> bool:
@@ -26,10 +31,16 @@ def contains(live: Any, desired: Any) -> bool:
     return bool(live == desired)
 
 
-async def ensure(api: kube.Api, desired: Mapping[str, Any]) -> tuple[Action, dict[str, Any]]:
+async def ensure(
+    api: kube.Api, desired: Mapping[str, Any], owner_alive: Guard | None = None
+) -> tuple[Action, dict[str, Any]]:
+    """owner_alive is asked before creating: a child found missing may be the garbage
+    collector's work after its owner was deleted, which the caller may not know yet."""
     path = kube.path_of(desired)
     live = await api.get(path)
     if live is None:
+        if owner_alive is not None and not await owner_alive():
+            raise OwnerGone(path)
         meta = desired["metadata"]
         coll = kube.collection(desired["apiVersion"], desired["kind"], meta.get("namespace"))
         return "created", await api.create(coll, desired)

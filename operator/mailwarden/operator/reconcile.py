@@ -203,9 +203,21 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
     lost = conflicts.lost(me, world.claimants())
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
 
+    async def owner_alive() -> bool:
+        live = await ctx.api.get(path)
+        return (
+            live is not None
+            and live["metadata"].get("uid") == meta.get("uid")
+            and not live["metadata"].get("deletionTimestamp")
+        )
+
     live_deployment: dict[str, Any] | None = None
     for child in built.all:
-        action, live = await apply.ensure(ctx.api, child)
+        try:
+            action, live = await apply.ensure(ctx.api, child, owner_alive)
+        except apply.OwnerGone:
+            logger.info("%s/%s is gone; not recreating its children", *_key(body))
+            return
         if child["kind"] == "Deployment":
             live_deployment = live
         if action != "unchanged":
