@@ -236,6 +236,7 @@ class Emulator(kmock.KubernetesEmulator):
             new.pop("status", None)
             if "status" in old:
                 new["status"] = old["status"]
+        new = self._admit(request, new, old)
         meta = new.setdefault("metadata", {})
         for field in (
             "uid",
@@ -248,7 +249,6 @@ class Emulator(kmock.KubernetesEmulator):
         ):
             if field in old["metadata"]:
                 meta[field] = old["metadata"][field]
-        new = self._admit(request, new, old)
         strip = ("metadata", "status")
         if {k: v for k, v in new.items() if k not in strip} != {
             k: v for k, v in old.items() if k not in strip
