@@ -63,7 +63,10 @@ async def serve(
     stop = stop or asyncio.Event()
     reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
+    # Signals reach only the main thread; embedded in another thread (tests, or a host
+    # program) serve() runs without them (uvloop says so with ValueError, asyncio with
+    # RuntimeError).
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import ssl
 
-from mailwarden.listener import acl, config, limits, session, tls
+from mailwarden.listener import acl, catalogue, config, limits, session, tls
 from mailwarden.listener import metrics as m
 from mailwarden.listener.protocols import base, replies_for
 
@@ -37,6 +37,9 @@ class ServiceRuntime:
         self.trusted_proxies = acl.AddressSet(())
         self.replies: base.Replies = replies_for(cfg.kind.wire)
         self.server_tls: ssl.SSLContext | None = None
+        # TLS from the first byte (SMTPS, IMAPS, ...); otherwise server_tls serves STARTTLS
+        # where the listener reads commands (the NNTP gate).
+        self.implicit_tls = False
         self.backend_tls: ssl.SSLContext | None = None
         self.apply(cfg)
 
@@ -50,6 +53,7 @@ class ServiceRuntime:
         self.limiter.reconfigure(cfg.max_connections, cfg.max_connections_per_address)
         self.replies = replies_for(cfg.kind.wire)
         self.server_tls = server_tls
+        self.implicit_tls = cfg.kind.tls is catalogue.TLSMode.IMPLICIT
         self.backend_tls = backend_tls
         self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
         self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)

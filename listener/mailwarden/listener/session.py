@@ -7,9 +7,12 @@ callbacks and a write, which is what keeps CPU and memory per session close to H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import socket
 import ssl
+import struct
 from typing import TYPE_CHECKING, cast
 
 from mailwarden.listener import acl, limits, proxyproto
@@ -29,6 +32,7 @@ PENDING_LIMIT = 64 * 1024
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
+    STARTTLS = "starttls"  # the NNTP gate's STARTTLS: the reader's leg is being encrypted
     CONNECTING = "connecting"  # admitted; the backend connection is being made
     GATED = "gated"  # NNTP reader gate in front of the backend
     RELAY = "relay"
@@ -38,6 +42,7 @@ class State(enum.Enum):
 
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
+        "_eof",
         "_pending",
         "active",
         "admitted",
@@ -65,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         self.conversation: base.Conversation | None = None
         self.gate: nntp.ReaderGate | None = None
         self._pending = bytearray()
+        # The client half-closed before its bytes could go to the backend.
+        self._eof = False
         self.peer: tuple[str, int] = ("", 0)
         self.client: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -99,7 +106,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.active = True
         state = self.state
-        if state is State.RELAY:
+        if state is State.RELAY and self.seen_data:
             self.bytes_up += len(data)
             assert self.backend is not None
             self.backend.transport.write(data)
@@ -107,10 +114,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.seen_data:
             self.seen_data = True
             if state is not State.PROXY and _claims_proxy(data):
-                # Only trusted load balancers may say who the client is.
+                # Only trusted load balancers may say who the client is. Checked even when
+                # the relay is already up: whether the backend connected before the client's
+                # first bytes arrived must not decide whether a forged header gets through.
                 self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
                 return
-        if state is State.PROXY:
+        if state is State.RELAY:
+            self.bytes_up += len(data)
+            assert self.backend is not None
+            self.backend.transport.write(data)
+        elif state is State.PROXY:
             self._pending += data
             self._read_proxy_header()
         elif state is State.GATED:
@@ -119,7 +132,7 @@ class ClientConnection(asyncio.Protocol):
         elif state is State.REFUSING:
             assert self.conversation is not None
             self._say(self.conversation.feed(data))
-        elif state in (State.CONNECTING, State.TLS):
+        elif state in (State.CONNECTING, State.TLS, State.STARTTLS):
             self._pending += data
             if len(self._pending) > PENDING_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
@@ -133,6 +146,15 @@ class ClientConnection(asyncio.Protocol):
                 # Half-close: keep reading what the backend still has to say.
                 return not self.backend.backend_eof
             backend.close()
+            return False
+        if self.state in (State.CONNECTING, State.GATED) and not _is_tls(self.transport):
+            # `printf 'EHLO x\r\nQUIT\r\n' | nc -N`: the client has said everything before
+            # the backend is reachable (or while the NNTP gate holds its commands). Keep the
+            # session; the EOF follows its bytes once they are delivered.
+            self._eof = True
+            if self.state is State.GATED:
+                self._gate_eof()
+            return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -169,8 +191,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _handshake_done(self) -> None:
         rt = self.rt
-        if rt.server_tls is not None:
+        if rt.server_tls is not None and rt.implicit_tls:
             self.state = State.TLS
+            # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
+            # this protocol before that is handed over by _hand_over. (uvloop may start
+            # reading after connection_made returns, so the pause narrows the window but
+            # cannot be relied on.)
+            if self.transport is not None:
+                self.transport.pause_reading()
             rt.loop.create_task(self._start_tls(rt.server_tls))
             return
         self._decide()
@@ -178,24 +206,64 @@ class ClientConnection(asyncio.Protocol):
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
         assert transport is not None
-        # The raw transport may already hold bytes of the ClientHello.
-        early = bytes(self._pending)
-        self._pending.clear()
+        loop = self.rt.loop
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        # start_tls swaps in its TLS protocol on its first step and schedules that protocol's
+        # connection_made and the transport's resume_reading; one loop turn later (before
+        # the socket is read again) the raw bytes this protocol got meanwhile (the start of
+        # the ClientHello, possibly sent with the PROXY header) are handed to it.
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
         try:
             tls_transport = await asyncio.wait_for(
-                self.rt.loop.start_tls(transport, self, ctx, server_side=True),
-                timeout=self.rt.config.timeouts.handshake,
+                upgrade, timeout=self.rt.config.timeouts.handshake
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
             self._fail(m.HANDSHAKE_FAILED, f"TLS handshake: {exc!r}")
             return
-        if early:
-            log.debug("%s: %d bytes before TLS dropped", self.rt.config.name, len(early))
         if tls_transport is None:
             self._fail(m.HANDSHAKE_FAILED, "TLS handshake: closed")
             return
         self.transport = tls_transport
         self._decide()
+
+    async def _gate_starttls(self, ctx: ssl.SSLContext) -> None:
+        """STARTTLS offered by the NNTP gate: encrypt the reader's leg (the 382 is already
+        on its way); the news server's leg stays as it is."""
+        transport, backend = self.transport, self.backend
+        assert transport is not None and backend is not None
+        loop = self.rt.loop
+        self.state = State.STARTTLS
+        # The server has nothing to say until the next command; hold it anyway so nothing
+        # can be written into the handshake.
+        backend.transport.pause_reading()
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
+        try:
+            tls_transport = await asyncio.wait_for(
+                upgrade, timeout=self.rt.config.timeouts.handshake
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.info("%s: %s:%s: STARTTLS: %r", self.rt.config.name, *self.peer, exc)
+            self.close()
+            return
+        if tls_transport is None or self.state is not State.STARTTLS or self.gate is None:
+            self.close()
+            return
+        self.transport = tls_transport
+        self.state = State.GATED
+        self.gate.tls_started()
+        backend.transport.resume_reading()
+        # Commands that came with the end of the handshake.
+        pending = bytes(self._pending)
+        self._pending.clear()
+        if pending:
+            self._apply_gate(self.gate.from_client(pending))
+
+    def _hand_over(self, transport: asyncio.Transport) -> None:
+        early = bytes(self._pending)
+        self._pending.clear()
+        if early:
+            _feed(transport, early)
 
     def _decide(self) -> None:
         rt = self.rt
@@ -222,7 +290,9 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         backend = rt.config.backend
         try:
-            _, protocol = await asyncio.wait_for(
+            # On success BackendConnection.connection_made has already adopted the backend
+            # (see _backend_connected).
+            await asyncio.wait_for(
                 rt.loop.create_connection(
                     lambda: BackendConnection(self),
                     backend.host,
@@ -244,7 +314,13 @@ class ClientConnection(asyncio.Protocol):
                     exc,
                 )
                 self._refuse(m.BACKEND_ERROR, rt.replies.unavailable(rt.config.hostname))
-            return
+
+    def _backend_connected(self, protocol: BackendConnection) -> None:
+        """Called from the backend's connection_made: before any byte from the backend can
+        arrive, so the greeting already meets the NNTP gate and the relay state. (After the
+        `await` in _connect would be too late: the backend's data_received may run first.)"""
+        rt = self.rt
+        backend = rt.config.backend
         if self.state is not State.CONNECTING:  # the client left meanwhile
             protocol.transport.close()
             return
@@ -257,7 +333,10 @@ class ClientConnection(asyncio.Protocol):
         pending = bytes(self._pending)
         self._pending = bytearray()
         if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
-            self.gate = nntp.ReaderGate()
+            self.gate = nntp.ReaderGate(
+                starttls=rt.server_tls is not None and not rt.implicit_tls,
+                tls_active=rt.implicit_tls,
+            )
             self.state = State.GATED
             if pending:
                 self._apply_gate(self.gate.from_client(pending))
@@ -266,6 +345,8 @@ class ClientConnection(asyncio.Protocol):
             if pending:
                 self.bytes_up += len(pending)
                 protocol.transport.write(pending)
+            if self._eof:
+                self._pass_eof()
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -282,6 +363,26 @@ class ClientConnection(asyncio.Protocol):
         if out.open:
             self.state = State.RELAY
             self.gate = None
+        elif out.start_tls and self.rt.server_tls is not None:
+            self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
+        if self._eof:
+            self._gate_eof()
+
+    def _gate_eof(self) -> None:
+        # Pass the client's EOF on once the gate has no command waiting for its turn or
+        # its answer.
+        if self.backend is not None and (self.gate is None or self.gate.idle):
+            self._pass_eof()
+
+    def _pass_eof(self) -> None:
+        assert self.backend is not None
+        if self.backend.client_eof:
+            return
+        self.backend.client_eof = True
+        if self.backend.transport.can_write_eof():
+            self.backend.transport.write_eof()
+        else:
+            self.backend.transport.close()
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
         self.rt.metrics.outcome[outcome].inc()
@@ -301,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if reply.reset:
-            transport.abort()
+            _reset(transport)
             return
         if reply.data:
             transport.write(reply.data)
@@ -369,6 +470,7 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.client._backend_connected(self)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
@@ -408,6 +510,36 @@ class BackendConnection(asyncio.Protocol):
 
 def _claims_proxy(data: bytes) -> bool:
     return data.startswith(proxyproto.V1_PREFIX) or data.startswith(proxyproto.V2_SIGNATURE[:12])
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP RST rather than a FIN: a zero linger time makes close() drop the
+    connection (XEP-0205's refusal at the TCP level)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _feed(transport: asyncio.Transport, data: bytes) -> None:
+    """Hand bytes already read to the protocol the transport now has (a TLS layer)."""
+    protocol = transport.get_protocol()
+    if isinstance(protocol, ClientConnection) or transport.is_closing():
+        return
+    # asyncio's TLS layer is a BufferedProtocol; uvloop's implements the same two methods
+    # without subclassing it.
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is not None:
+        view = memoryview(data)
+        while view:
+            buf = get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 def _is_tls(transport: asyncio.BaseTransport | None) -> bool:

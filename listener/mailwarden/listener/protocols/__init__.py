@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from mailwarden.listener.catalogue import Wire
-from mailwarden.listener.protocols import base, imap, nntp, pop3, smtp
+from mailwarden.listener.protocols import base, http, imap, ldap, nntp, pop3, smtp, xmpp
 
 _REPLIES: dict[Wire, base.Replies] = {
     Wire.SMTP: smtp.REPLIES,
     Wire.POP3: pop3.REPLIES,
     Wire.IMAP: imap.REPLIES,
     Wire.NNTP: nntp.REPLIES,
+    Wire.LDAP: ldap.REPLIES,
+    Wire.HTTP: http.REPLIES,
+    Wire.XMPP: xmpp.REPLIES,
 }
 
 

@@ -20,6 +20,13 @@ DENIED = b"502 Access denied: your address is not allowed to use this service\r\
 UNAVAILABLE = b"400 Service temporarily unavailable, try again later\r\n"
 AUTH_REQUIRED = b"480 Authentication required\r\n"
 LINE_TOO_LONG = b"501 Line too long\r\n"
+# RFC 4642 §2.2.2: go ahead with TLS; cannot start TLS; TLS is already on.
+STARTTLS_GO = b"382 Continue with TLS negotiation\r\n"
+STARTTLS_UNAVAILABLE = b"580 Can not initiate TLS negotiation\r\n"
+STARTTLS_ALREADY = b"502 TLS is already active\r\n"
+STARTTLS_CAPABILITY = b"STARTTLS\r\n"
+# A capability list held back to say whether STARTTLS is on offer; longer ones pass unchanged.
+CAPABILITIES_LIMIT = 64 * 1024
 
 # What an unauthenticated reader may do: learn the server's capabilities, switch mode,
 # authenticate, and leave. Everything else (GROUP, ARTICLE, LIST, OVER, POST, ...) needs
@@ -55,6 +62,8 @@ class Output:
     # The gate is done: from now on every byte is relayed untouched.
     open: bool = False
     auth: AuthResult | None = None
+    # The reader asked for STARTTLS and was told 382: upgrade the client leg now.
+    start_tls: bool = False
 
 
 class ReaderGate:
@@ -62,19 +71,28 @@ class ReaderGate:
 
     One command is in flight at a time: a command the reader may send is forwarded and the
     next one waits until the server's response is complete, so the gate always knows which
-    command a response answers and sees the 281 that opens the session."""
+    command a response answers and sees the 281 that opens the session.
+
+    With `starttls` the gate offers STARTTLS itself (RFC 4642): it lists STARTTLS in the
+    news server's capabilities (and takes it out whenever it is not on offer) and answers
+    the command with 382, so the session can
+    encrypt the reader's leg while the gate keeps reading its commands; the leg to the news
+    server stays as it is. `tls_active` says the reader's leg is already encrypted."""
 
     __slots__ = (
         "_body_start",
         "_client",
+        "_held",
         "_in_flight",
         "_pending",
         "_response",
         "_server",
+        "offer_starttls",
         "opened",
+        "tls_active",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, starttls: bool = False, tls_active: bool = False) -> None:
         self._client = base.LineBuffer(COMMAND_LINE_LIMIT)
         self._server = bytearray()
         # The greeting is the first response the gate waits for.
@@ -83,6 +101,15 @@ class ReaderGate:
         self._body_start = False
         self._pending: list[bytes | None] = []
         self.opened = False
+        self.offer_starttls = starttls and not tls_active
+        self.tls_active = tls_active
+        # A CAPABILITIES response held back until complete, to add STARTTLS to it.
+        self._held: bytearray | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No command of the reader waits for its answer or for its turn."""
+        return self._in_flight is None and not self._pending
 
     def from_client(self, data: bytes) -> Output:
         if self.opened:
@@ -91,19 +118,36 @@ class ReaderGate:
         return self._advance(Output())
 
     def from_backend(self, data: bytes) -> Output:
-        out = Output(to_client=data)
         if self.opened:
-            out.open = True
-            return out
+            return Output(to_client=data, open=True)
+        if self._held is None and self._in_flight == b"CAPABILITIES":
+            self._held = bytearray()
+        if self._held is not None:
+            out = Output()
+            self._held += data
+        else:
+            out = Output(to_client=data)
         self._server += data
         while self._in_flight is not None:
             if not self._consume_response(out):
                 break
+        if self._held is not None:
+            if self._in_flight is None:
+                out.to_client += _capabilities(bytes(self._held), self.offer_starttls)
+                self._held = None
+            elif len(self._held) > CAPABILITIES_LIMIT:
+                out.to_client += bytes(self._held)
+                self._held = bytearray()  # the rest of this response passes unchanged
         if self.opened:
             out.to_backend += self._flush_client()
             out.open = True
             return out
         return self._advance(out)
+
+    def tls_started(self) -> None:
+        """The reader's leg is encrypted now: STARTTLS is no longer offered."""
+        self.tls_active = True
+        self.offer_starttls = False
 
     def _consume_response(self, out: Output) -> bool:
         """Consume one complete response from the server buffer; False if incomplete."""
@@ -154,7 +198,17 @@ class ReaderGate:
                 continue
             words = line.split(None, 1)
             verb = words[0].upper() if words else b""
-            if verb in BEFORE_AUTH:
+            if verb == b"STARTTLS":
+                if self.offer_starttls:
+                    out.to_client += STARTTLS_GO
+                    out.start_tls = True
+                    # RFC 4642 §2.2.2: nothing may be pipelined behind STARTTLS; whatever
+                    # was is dropped rather than read as if it came over TLS.
+                    self._pending.clear()
+                    self._client.take_rest()
+                    return out
+                out.to_client += STARTTLS_ALREADY if self.tls_active else STARTTLS_UNAVAILABLE
+            elif verb in BEFORE_AUTH:
                 out.to_backend += line
                 self._in_flight = verb
             elif verb:
@@ -165,3 +219,16 @@ class ReaderGate:
         rest = b"".join(line for line in self._pending if line is not None)
         self._pending.clear()
         return rest + self._client.take_rest()
+
+
+def _capabilities(response: bytes, offer_starttls: bool) -> bytes:
+    """A complete CAPABILITIES response as the gate makes it true: STARTTLS is listed when
+    the gate offers it and never otherwise, since the gate answers STARTTLS itself and the
+    news server's own TLS (on the leg the reader never sees) is not what the reader gets."""
+    if not response.startswith(b"101") or not response.endswith(b"\r\n.\r\n"):
+        return response
+    lines = response[: -len(b".\r\n")].split(b"\r\n")[:-1]
+    kept = [line for line in lines if line.split(b" ", 1)[0].upper() != b"STARTTLS"]
+    if offer_starttls:
+        kept.append(STARTTLS_CAPABILITY.rstrip())
+    return b"\r\n".join(kept) + b"\r\n.\r\n"

@@ -1,0 +1,130 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "mailwarden.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mailwarden.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mailwarden.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mailwarden.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailwarden.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "mailwarden.labels" -}}
+helm.sh/chart: {{ include "mailwarden.chart" . }}
+app.kubernetes.io/name: {{ include "mailwarden.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mailwarden
+{{- end -}}
+
+{{- define "mailwarden.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mailwarden.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository[:tag][@digest]; the digest pins, the tag documents. */}}
+{{- define "mailwarden.imageRef" -}}
+{{- $img := index . 0 -}}
+{{- $appVersion := index . 1 -}}
+{{- $ref := printf "%s:%s" $img.repository (default $appVersion $img.tag) -}}
+{{- if $img.digest -}}
+{{- $ref = printf "%s@%s" $ref $img.digest -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{- define "mailwarden.image" -}}
+{{- include "mailwarden.imageRef" (list .Values.image .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The listener image: its own repository if set, otherwise the operator's image. */}}
+{{- define "mailwarden.listenerImage" -}}
+{{- if .Values.listener.image.repository -}}
+{{- include "mailwarden.imageRef" (list .Values.listener.image .Chart.AppVersion) -}}
+{{- else -}}
+{{- include "mailwarden.image" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels the operator puts on every listener pod (operator/mailwarden/operator/naming.py):
+     the PodMonitor selects them. */}}
+{{- define "mailwarden.listenerPodLabels" -}}
+app.kubernetes.io/name: mailwarden-listener
+app.kubernetes.io/component: listener
+app.kubernetes.io/managed-by: mailwarden-operator
+{{- end -}}
+
+{{/* What the operator hands every listener Deployment and Service it creates, as JSON in
+     MAILWARDEN_LISTENER_DEFAULTS. */}}
+{{- define "mailwarden.listenerDefaults" -}}
+{{- $d := .Values.listener.defaults -}}
+{{- $labels := $d.podLabels -}}
+{{- $out := dict
+      "resources" $d.resources
+      "nodeSelector" $d.nodeSelector
+      "tolerations" $d.tolerations
+      "affinity" $d.affinity
+      "priorityClassName" $d.priorityClassName
+      "podAnnotations" $d.podAnnotations
+      "podLabels" $labels
+      "expose" $d.expose
+      "imagePullPolicy" (default .Values.image.pullPolicy .Values.listener.image.pullPolicy)
+      "imagePullSecrets" .Values.imagePullSecrets
+-}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+  What the operator does in the namespaces it watches. Exact verbs only; status subresources
+  in their own rule; mailservices/scale is served by the API server itself.
+*/}}
+{{- define "mailwarden.namespacedRules" -}}
+- apiGroups: [mailwarden.io]
+  resources: [mailservices, ipaddressgroups]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [mailwarden.io]
+  resources: [mailservices/status, ipaddressgroups/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, update, delete]
+# Listener pods: a configuration change annotates them so that the kubelet refreshes the
+# mounted ConfigMap at once (nothing restarts).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

@@ -1,0 +1,112 @@
+"""XMPP and XMPPS refusals.
+
+Over the cap the connection is refused at the TCP level, before any byte (XEP-0205 §3:
+a server under load "MAY refuse TCP connections"), so clients back off as they would from a
+busy server. Otherwise RFC 6120 §4.9.1.2 applies: even when the error is known at once the
+receiving entity first sends its own stream header, then the stream error, then closes the
+stream; it waits for the client's stream header (bounded) to answer in the right namespace."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from xml.sax import saxutils
+
+from mailwarden.listener.protocols import base
+
+# An initial stream header is one short tag (plus the optional XML declaration); anything
+# longer is not a client starting a stream.
+HEADER_LIMIT = 4096
+
+STREAMS_NS = "http://etherx.jabber.org/streams"
+ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
+CLIENT_NS = "jabber:client"
+SERVER_NS = "jabber:server"
+
+POLICY_VIOLATION = (
+    "policy-violation",
+    "Access denied: your address is not allowed to use this service",
+)
+REMOTE_CONNECTION_FAILED = (
+    "remote-connection-failed",
+    "Service temporarily unavailable, try again later",
+)
+
+_STREAM_TAG = re.compile(rb"<([A-Za-z_][\w.-]*:)?stream(\s[^>]*)?>", re.DOTALL)
+_ATTRIBUTE = re.compile(rb"""([\w:.-]+)\s*=\s*(?:'([^']*)'|"([^"]*)")""")
+_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+
+
+def stream_attributes(header: bytes) -> dict[str, str]:
+    """The attributes of a client's initial stream header, or {} if there is none."""
+    match = _STREAM_TAG.search(header)
+    if match is None:
+        return {}
+    return {
+        m.group(1).decode("utf-8", "replace"): (m.group(2) or m.group(3) or b"").decode(
+            "utf-8", "replace"
+        )
+        for m in _ATTRIBUTE.finditer(match.group(2) or b"")
+    }
+
+
+def stream_error(condition: str, text: str, *, to: dict[str, str], hostname: str) -> bytes:
+    """Our stream header answering the client's, the stream error, and the stream's end."""
+    ns = to.get("xmlns", CLIENT_NS)
+    if ns not in (CLIENT_NS, SERVER_NS):
+        ns = CLIENT_NS
+    domain = to.get("to", "")
+    if not _DOMAIN.match(domain):
+        domain = hostname
+    header = (
+        "<?xml version='1.0'?>"
+        f"<stream:stream xmlns={saxutils.quoteattr(ns)}"
+        f" xmlns:stream='{STREAMS_NS}'"
+        f" id='{secrets.token_hex(8)}'"
+        f" from={saxutils.quoteattr(domain)}"
+        " version='1.0'>"
+    )
+    error = (
+        f"<stream:error><{condition} xmlns='{ERRORS_NS}'/>"
+        f"<text xmlns='{ERRORS_NS}' xml:lang='en'>{saxutils.escape(text)}</text>"
+        "</stream:error></stream:stream>"
+    )
+    return (header + error).encode()
+
+
+class StreamRefusal:
+    """Wait for the client's stream header, answer with a stream error, close."""
+
+    __slots__ = ("_buf", "_condition", "_hostname", "_text")
+
+    def __init__(self, condition: tuple[str, str], hostname: str) -> None:
+        self._condition, self._text = condition
+        self._hostname = hostname
+        self._buf = bytearray()
+
+    def opening(self) -> base.Reply:
+        return base.Reply()
+
+    def feed(self, data: bytes) -> base.Reply:
+        self._buf += data
+        if _STREAM_TAG.search(self._buf) is None and len(self._buf) <= HEADER_LIMIT:
+            return base.Reply()
+        attributes = stream_attributes(bytes(self._buf))
+        return base.Reply(
+            stream_error(self._condition, self._text, to=attributes, hostname=self._hostname),
+            close=True,
+        )
+
+
+class XMPPReplies:
+    def over_capacity(self, hostname: str) -> base.Conversation:
+        return base.OneShot(b"", reset=True)
+
+    def denied(self, hostname: str) -> base.Conversation:
+        return StreamRefusal(POLICY_VIOLATION, hostname)
+
+    def unavailable(self, hostname: str) -> base.Conversation:
+        return StreamRefusal(REMOTE_CONNECTION_FAILED, hostname)
+
+
+REPLIES = XMPPReplies()

@@ -1,0 +1,105 @@
+"""The listener's configuration file: a bad one is refused with a message naming the field."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from mailwarden.listener import config as lc
+
+GOOD = {
+    "services": [
+        {
+            "name": "mail/smtp",
+            "service": "SMTP",
+            "listen": [{"address": "127.0.0.1", "port": 2525}],
+            "backend": {"host": "127.0.0.1", "port": 25},
+        }
+    ]
+}
+
+
+def with_service(**changes: object) -> dict[str, object]:
+    svc = {**GOOD["services"][0], **changes}  # type: ignore[index]
+    return {"services": [svc]}
+
+
+def test_a_good_config_survives_a_round_trip_through_yaml():
+    cfg = lc.parse(GOOD)
+    assert lc.loads(lc.dumps(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (with_service(listen=[{"port": 70000}]), "services.0.listen.0.port: Input should be less"),
+        (
+            with_service(listen=[{"address": "localhost", "port": 25}]),
+            "services.0.listen.0.address",
+        ),
+        (with_service(listen=[]), "services.0.listen: Tuple should have at least 1 item"),
+        (with_service(allow=["192.0.2.0/33"]), "services.0.allow.0: Value error"),
+        (
+            with_service(service="Gopher"),
+            "services.0.service: Value error, unknown service 'Gopher'",
+        ),
+        (
+            with_service(anonymous=True),
+            "anonymous access is only possible for NNTP and NNTPS, not SMTP",
+        ),
+        (with_service(service="IMAPS"), "IMAPS is an implicit-TLS service and needs tls files"),
+        (with_service(max_connections=-1), "services.0.max_connections: Input should be greater"),
+        (with_service(colour="blue"), "services.0.colour: Extra inputs are not permitted"),
+        (with_service(backend={"host": "", "port": 25}), "services.0.backend.host"),
+        (
+            with_service(backend={"host": "h", "port": 25, "proxy_protocol": "v3"}),
+            "services.0.backend.proxy_protocol",
+        ),
+        (
+            with_service(timeouts={"idle": 0}),
+            "services.0.timeouts.idle: Input should be greater than 0",
+        ),
+        (
+            with_service(listen=[{"port": 25}, {"port": 25}]),
+            "listen endpoint *:25 appears twice",
+        ),
+        (
+            {"services": [GOOD["services"][0], GOOD["services"][0]]},  # type: ignore[index]
+            "service names must be unique",
+        ),
+        ({"version": 2}, "version: Input should be 1"),
+        ({"drain_seconds": -1}, "drain_seconds: Input should be greater than or equal to 0"),
+    ],
+)
+def test_a_bad_config_is_refused_with_a_message_that_names_the_field(data, message):
+    with pytest.raises(lc.ConfigError) as refused:
+        lc.parse(data)
+    assert message in str(refused.value)
+
+
+def test_two_services_on_one_endpoint_are_refused_naming_both():
+    other = {**GOOD["services"][0], "name": "mail/other"}  # type: ignore[index]
+    with pytest.raises(
+        lc.ConfigError, match=r"mail/other and mail/smtp both listen on 127\.0\.0\.1:2525"
+    ):
+        lc.parse({"services": [GOOD["services"][0], other]})  # type: ignore[index]
+
+
+def test_text_that_is_not_yaml_is_refused_as_such():
+    with pytest.raises(lc.ConfigError, match="not YAML"):
+        lc.loads("services: [")
+
+
+def test_a_missing_file_is_refused_with_its_path(tmp_path: pathlib.Path):
+    with pytest.raises(lc.ConfigError, match=r"nope\.yaml: No such file"):
+        lc.load(tmp_path / "nope.yaml")
+
+
+def test_an_empty_file_is_a_listener_with_no_services():
+    assert lc.loads("").services == ()
+
+
+def test_cidrs_are_normalised_and_host_bits_forgiven():
+    cfg = lc.parse(with_service(allow=["192.0.2.7/24", "2001:DB8::1/32"]))
+    assert cfg.services[0].allow == ("192.0.2.0/24", "2001:db8::/32")
