@@ -165,3 +165,27 @@ def test_a_deleted_mailservice_is_left_to_the_garbage_collector(kube: Client, ns
     kube.apply(mailservice(ns, "marker", service="POP3"))  # something later to wait for
     eventually(lambda: ready(kube, ns, "marker"))
     assert kube.get("v1", "ConfigMap", ns, "mailwarden-gone") is None
+
+
+def test_warnings_about_the_spec_become_events(kube: Client, ns: str) -> None:
+    kube.apply(
+        mailservice(
+            ns,
+            "warned",
+            service="HTTP",
+            listen=[{"address": "192.0.2.180"}],
+            expose={"type": "ClusterIP"},
+        )
+    )
+    eventually(lambda: ready(kube, ns, "warned"))
+    eventually(lambda: events_include(kube, ns, "warned", {"FixedAddressIgnored"}))
+    kube.patch(
+        MW,
+        "MailService",
+        ns,
+        "warned",
+        {"spec": {"listen": [{"address": "169.254.10.10"}], "expose": {"type": "LoadBalancer"}}},
+    )
+    eventually(lambda: events_include(kube, ns, "warned", {"DynamicAddress"}))
+    warning = [e for e in kube.list("v1", "Event", ns) if e["reason"] == "DynamicAddress"]
+    assert warning[0]["type"] == "Warning" and "link-local" in warning[0]["message"]

@@ -101,6 +101,8 @@ def test_only_fixed_addresses_are_claimed() -> None:
         }
     )
     assert conflicts.claims(spec) == {("192.0.2.1", 25), ("::1", 2525)}
+    cluster_ip = spec.model_copy(update={"expose": models.Expose(type="ClusterIP")})
+    assert conflicts.claims(cluster_ip) == frozenset()
 
 
 def test_group_status_is_resolved_or_says_why_not() -> None:

@@ -30,7 +30,10 @@ class Claimant:
 
 
 def claims(spec: models.MailServiceSpec) -> frozenset[Claim]:
-    """Only fixed addresses can collide: every Service without one gets its own address."""
+    """Only fixed addresses can collide: every Service without one gets its own address, and
+    a ClusterIP Service holds none (the address is ignored, with a warning)."""
+    if spec.expose.type == "ClusterIP":
+        return frozenset()
     return frozenset((a, p) for a, p in spec.endpoints() if a is not None)
 
 
@@ -54,10 +57,10 @@ def lost(me: Claimant, others: Iterable[Claimant]) -> dict[Claim, Claimant]:
 
 def describe(lost_claims: dict[Claim, Claimant]) -> str:
     parts = [
-        f"{_addr(a)}:{p} is held by MailService {holder.ref}"
+        f"{_addr(a)}:{p} (held by MailService {holder.ref}, created earlier)"
         for (a, p), holder in sorted(lost_claims.items())
     ]
-    return "; ".join(parts)
+    return ", ".join(parts)
 
 
 def _addr(address: str) -> str:

@@ -71,7 +71,7 @@ def listen_conflict(f: Facts) -> Verdict | None:
         return None
     return Verdict(
         Reason.LISTEN_CONFLICT,
-        f"not taking {conflicts.describe(dict(f.lost))} (created earlier)",
+        f"not taking {conflicts.describe(dict(f.lost))}",
         stalled=True,
     )
 
