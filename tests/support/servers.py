@@ -20,7 +20,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -28,6 +27,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.listener import free_port
+from tests.support.process import (
+    ServerFailed,
+    private_dir,
+    require,
+    stop_process,
+    wait_log,
+    wait_port,
+)
 
 HOST = "127.0.0.1"
 MAIL_DOMAIN = "test.example"
@@ -48,70 +55,6 @@ MAIL_UID = MAIL_GID = 65534
 POSTFIX = "/usr/sbin/postfix"
 DOVECOT = "/usr/sbin/dovecot"
 INN_BIN = pathlib.Path("/usr/lib/news/bin")
-
-START_DEADLINE = 30.0
-
-
-class ServerFailed(RuntimeError):
-    pass
-
-
-def require(*paths: str | pathlib.Path) -> None:
-    """Skip the test (with the reason) when a server binary is not installed."""
-    for p in paths:
-        if not pathlib.Path(p).exists():
-            pytest.skip(f"{p} is not installed (scripts/install-debian-packages installs it)")
-
-
-def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], log: pathlib.Path) -> None:
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = "exited" if proc.poll() is not None else "did not answer in time"
-            raise ServerFailed(f"{proc.args!r} {why} on {host}:{port}; log:\n{read_log(log)}")
-        time.sleep(0.05)
-
-
-def read_log(path: pathlib.Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-
-
-def wait_log(path: pathlib.Path, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-    """Poll a server log until a line matches `pattern`."""
-    rx = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    while True:
-        found = rx.search(read_log(path))
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{pattern!r} not in {path}:\n{read_log(path)[-3000:]}")
-        time.sleep(0.05)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def _private_dir(prefix: str) -> pathlib.Path:
-    # Not pytest's tmp_path: its parents are 0700, and the servers drop privileges.
-    path = pathlib.Path(tempfile.mkdtemp(prefix=f"mailwarden-{prefix}-"))
-    path.chmod(0o755)
-    return path
 
 
 def _backdate(*paths: pathlib.Path) -> None:
@@ -141,7 +84,7 @@ class MailStore:
 
 
 def make_mail_store() -> MailStore:
-    root = _private_dir("mail")
+    root = private_dir("mail")
     os.chown(root, MAIL_UID, MAIL_GID)
     return MailStore(root)
 
@@ -198,7 +141,7 @@ class Postfix:
 
 
 def make_postfix(store: MailStore) -> Postfix:
-    d = _private_dir("postfix")
+    d = private_dir("postfix")
     conf, queue, data = d / "conf", d / "queue", d / "data"
     for p in (conf, queue, data):
         p.mkdir()
@@ -311,7 +254,7 @@ class Dovecot:
 
 
 def make_dovecot(store: MailStore) -> Dovecot:
-    d = _private_dir("dovecot")
+    d = private_dir("dovecot")
     (d / "base").mkdir()
     (d / "state").mkdir()
     dv = Dovecot(d, free_port(), free_port(), free_port(), free_port(), d / "dovecot.log")
@@ -484,7 +427,7 @@ class INN:
 
 
 def make_inn() -> INN:
-    d = _private_dir("inn")
+    d = private_dir("inn")
     for sub in ("etc", "db", "run", "log", "tmp", "http"):
         (d / sub).mkdir()
     for sub in ("articles", "overview", "outgoing", "incoming", "archive"):

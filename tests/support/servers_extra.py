@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
-import socket
 import ssl
 import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -23,6 +21,12 @@ import pytest
 
 from tests.support import certs
 from tests.support.listener import free_port
+from tests.support.process import (
+    private_dir,
+    require,
+    stop_process,
+    wait_port,
+)
 
 HOST = "127.0.0.1"
 SLAPD = "/usr/sbin/slapd"
@@ -45,57 +49,6 @@ XMPP_PASSWORD = "chat-secret"
 # The name every backend's certificate carries; the listener checks it on its TLS leg.
 BACKEND_NAME = "backend.example.test"
 
-START_DEADLINE = 30.0
-
-
-class ServerFailed(RuntimeError):
-    pass
-
-
-def require(*paths: str) -> None:
-    """Skip (with the reason) when a server binary is not installed."""
-    for p in paths:
-        if not pathlib.Path(p).exists():
-            pytest.skip(f"{p} is not installed (scripts/install-debian-packages installs it)")
-
-
-def read_log(path: pathlib.Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-4000:]
-    except OSError:
-        return "(no log)"
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: pathlib.Path) -> None:
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            why = "exited" if proc.poll() is not None else "did not answer in time"
-            raise ServerFailed(f"{proc.args!r} {why} on {HOST}:{port}; log:\n{read_log(log)}")
-        time.sleep(0.05)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def private_dir(prefix: str) -> pathlib.Path:
-    # Not pytest's tmp_path: session-scoped servers outlive a test's folder.
-    path = pathlib.Path(tempfile.mkdtemp(prefix=f"mailwarden-{prefix}-"))
-    path.chmod(0o755)
-    return path
-
 
 @dataclasses.dataclass
 class Daemon:
@@ -114,7 +67,7 @@ class Daemon:
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         for port in self.ports.values():
-            wait_port(port, self.proc, self.log)
+            wait_port(HOST, port, self.proc, self.log)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -49,6 +49,26 @@ class Replies(Protocol):
     def unavailable(self, hostname: str) -> Conversation: ...
 
 
+class FixedReplies:
+    """Refusals that are one fixed line each and then a close (POP3, IMAP, NNTP)."""
+
+    __slots__ = ("_denied", "_over_capacity", "_unavailable")
+
+    def __init__(self, *, over_capacity: bytes, denied: bytes, unavailable: bytes) -> None:
+        self._over_capacity = over_capacity
+        self._denied = denied
+        self._unavailable = unavailable
+
+    def over_capacity(self, hostname: str) -> Conversation:
+        return OneShot(self._over_capacity)
+
+    def denied(self, hostname: str) -> Conversation:
+        return OneShot(self._denied)
+
+    def unavailable(self, hostname: str) -> Conversation:
+        return OneShot(self._unavailable)
+
+
 class LineBuffer:
     """Splits a byte stream into lines with a length limit. An over-long line is consumed
     up to its end and reported once as None, so the caller answers it with its protocol's

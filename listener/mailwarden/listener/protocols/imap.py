@@ -10,15 +10,4 @@ DENIED = b"* BYE Access denied: your address is not allowed to use this service\
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Service temporarily unavailable, try again later\r\n"
 
 
-class IMAPReplies:
-    def over_capacity(self, hostname: str) -> base.Conversation:
-        return base.OneShot(OVER_CAPACITY)
-
-    def denied(self, hostname: str) -> base.Conversation:
-        return base.OneShot(DENIED)
-
-    def unavailable(self, hostname: str) -> base.Conversation:
-        return base.OneShot(UNAVAILABLE)
-
-
-REPLIES = IMAPReplies()
+REPLIES = base.FixedReplies(over_capacity=OVER_CAPACITY, denied=DENIED, unavailable=UNAVAILABLE)

@@ -36,18 +36,7 @@ BEFORE_AUTH = frozenset({b"CAPABILITIES", b"MODE", b"AUTHINFO", b"QUIT", b"HELP"
 MULTILINE = frozenset({b"100", b"101", b"215"})
 
 
-class NNTPReplies:
-    def over_capacity(self, hostname: str) -> base.Conversation:
-        return base.OneShot(OVER_CAPACITY)
-
-    def denied(self, hostname: str) -> base.Conversation:
-        return base.OneShot(DENIED)
-
-    def unavailable(self, hostname: str) -> base.Conversation:
-        return base.OneShot(UNAVAILABLE)
-
-
-REPLIES = NNTPReplies()
+REPLIES = base.FixedReplies(over_capacity=OVER_CAPACITY, denied=DENIED, unavailable=UNAVAILABLE)
 
 
 class AuthResult(enum.Enum):

@@ -11,15 +11,4 @@ DENIED = b"-ERR [SYS/PERM] Access denied: your address is not allowed to use thi
 UNAVAILABLE = b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
 
 
-class POP3Replies:
-    def over_capacity(self, hostname: str) -> base.Conversation:
-        return base.OneShot(OVER_CAPACITY)
-
-    def denied(self, hostname: str) -> base.Conversation:
-        return base.OneShot(DENIED)
-
-    def unavailable(self, hostname: str) -> base.Conversation:
-        return base.OneShot(UNAVAILABLE)
-
-
-REPLIES = POP3Replies()
+REPLIES = base.FixedReplies(over_capacity=OVER_CAPACITY, denied=DENIED, unavailable=UNAVAILABLE)

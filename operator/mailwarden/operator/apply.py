@@ -1,0 +1,113 @@
+"""Idempotent appliers: make a child match its manifest, touching the API only when it does
+not. "Matches" means every field the manifest sets has that value; fields the API server or
+other controllers add (defaults, nodePorts, clusterIP, status) are left alone."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from mailwarden.operator import kube, naming
+
+Action = Literal["created", "updated", "unchanged"]
+Guard = Callable[[], Awaitable[bool]]
+
+
+class OwnerGone(Exception):
+    """The object the children are for went away while they were being applied."""
+
+
+def contains(live: Any, desired: Any) -> bool:
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            k in live and contains(live[k], v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+        )
+    return bool(live == desired)
+
+
+async def ensure(
+    api: kube.Api, desired: Mapping[str, Any], owner_alive: Guard | None = None
+) -> tuple[Action, dict[str, Any]]:
+    """owner_alive is asked before creating: a child found missing may be the garbage
+    collector's work after its owner was deleted, which the caller may not know yet."""
+    path = kube.path_of(desired)
+    live = await api.get(path)
+    if live is None:
+        if owner_alive is not None and not await owner_alive():
+            raise OwnerGone(path)
+        meta = desired["metadata"]
+        coll = kube.collection(desired["apiVersion"], desired["kind"], meta.get("namespace"))
+        return "created", await api.create(coll, desired)
+    if contains(live, desired):
+        return "unchanged", live
+    # A merge patch of the whole manifest: lists are replaced, so hand-added containers,
+    # ports or rules go away too; keys we never set stay.
+    return "updated", await api.patch(path, dict(desired))
+
+
+def owned_by(obj: Mapping[str, Any], msvc_name: str, uid: str | None) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    if labels.get(naming.LABEL_MAILSERVICE) != msvc_name:
+        return False
+    if labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
+        return False
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is None or any(r.get("uid") == uid for r in refs)
+
+
+async def prune(
+    api: kube.Api,
+    api_version: str,
+    kind: str,
+    namespace: str,
+    msvc_name: str,
+    uid: str | None,
+    keep: Iterable[str],
+) -> list[str]:
+    """Delete this MailService's children of one kind that are no longer wanted."""
+    selector = (
+        f"{naming.LABEL_MAILSERVICE}={msvc_name},{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    )
+    keep = set(keep)
+    deleted = []
+    for obj in await api.list(kube.collection(api_version, kind, namespace), selector):
+        # Filtered here too: a selector is a request, and only our own children may go.
+        if obj["metadata"]["name"] in keep or not owned_by(obj, msvc_name, uid):
+            continue
+        obj = {**obj, "apiVersion": api_version, "kind": kind}
+        if await api.delete(kube.path_of(obj)):
+            deleted.append(obj["metadata"]["name"])
+    return deleted
+
+
+async def nudge_pods(
+    api: kube.Api, namespace: str, selector: Mapping[str, str], config_hash: str
+) -> int:
+    """Tell the kubelet a listener pod changed, so it refreshes the pod's ConfigMap volume now
+    rather than at its next periodic sync (up to a minute or more). Only the pods' own
+    annotations change, never the Deployment's template: nothing restarts."""
+    query = ",".join(f"{k}={v}" for k, v in selector.items())
+    nudged = 0
+    for pod in await api.list(kube.collection("v1", "Pod", namespace), query):
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if any(labels.get(k) != v for k, v in selector.items()) or meta.get("deletionTimestamp"):
+            continue
+        if (meta.get("annotations") or {}).get(naming.ANNOTATION_CONFIG_HASH) == config_hash:
+            continue
+        try:
+            await api.patch(
+                kube.path_of({"apiVersion": "v1", "kind": "Pod", "metadata": meta}),
+                {"metadata": {"annotations": {naming.ANNOTATION_CONFIG_HASH: config_hash}}},
+            )
+        except kube.ApiError as exc:
+            if exc.status != 404:  # a pod that just went is fine
+                raise
+        nudged += 1
+    return nudged

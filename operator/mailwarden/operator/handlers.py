@@ -1,0 +1,266 @@
+"""Every kopf handler of the operator, in one place. Each is a few lines that delegate to
+`reconcile`; what triggers what:
+
+- a MailService created, changed (spec, labels, annotations such as start/stop/restart) or
+  found at start-up -> reconcile it (kopf retries API errors with backoff; an invalid spec is
+  a permanent error until the spec changes);
+- a MailService created, changed or gone -> reconcile the others that claim one of its
+  addresses or report a listen conflict (takeover);
+- an IPAddressGroup changed -> its status, and every MailService using it directly or through
+  nesting (ConfigMap and NetworkPolicy; the pods reload, nothing restarts);
+- a child (Deployment, ConfigMap, Service, NetworkPolicy) changed or deleted -> reconcile its
+  MailService: edits by hand are put back, rollouts update the status;
+- every MAILWARDEN_RESYNC_SECONDS -> everything once more (level-based, so a no-op when all
+  is well), which also retries fan-out that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from mailwarden.operator import groups, kube, models, naming, reconcile
+from mailwarden.operator import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+
+MSVC = (models.GROUP, models.VERSION, "mailservices")
+IPG = (models.GROUP, models.VERSION, "ipaddressgroups")
+CHILD_LABELS: dict[str, Any] = {
+    naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+    naming.LABEL_MAILSERVICE: kopf.PRESENT,
+}
+KOPF_PREFIX = f"kopf.{models.GROUP}"
+RESYNC_SECONDS = float(os.environ.get("MAILWARDEN_RESYNC_SECONDS", "300"))
+MAX_BACKOFF = 300.0
+
+
+# -- start-up and shutdown ------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    # Progress in annotations only: the status belongs to the resource's own schema. A prefix
+    # of kopf's own, because kopf hides every annotation under its prefix from change
+    # detection, and mailwarden.io/state must count as a change.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own events say what happened
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    if "ctx" not in memo:
+        memo.ctx = reconcile.Context(
+            api=kube.Api.from_environment(), settings=settings_mod.Settings.from_env()
+        )
+    memo.generations = {}
+    memo.resync = asyncio.create_task(_resync(memo.ctx, mailservices, ipaddressgroups))
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# -- indices: what reconciliation reads instead of asking the API ---------------------------
+
+
+@kopf.index(*MSVC)
+def mailservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _snapshot(body)}
+
+
+@kopf.index(*IPG)
+def ipaddressgroups(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): _snapshot(body)}
+
+
+# -- MailService ----------------------------------------------------------------------------
+
+
+@kopf.on.resume(*MSVC)
+@kopf.on.create(*MSVC)
+@kopf.on.update(*MSVC)
+async def mailservice(
+    body: kopf.Body,
+    retry: int,
+    memo: kopf.Memo,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    world = reconcile.world_of(mailservices, ipaddressgroups)
+    try:
+        await reconcile.mailservice(memo.ctx, _snapshot(body), world)
+    except reconcile.InvalidSpec as exc:
+        raise kopf.PermanentError(str(exc)) from None
+    except kube.ApiError as exc:
+        raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
+
+
+@kopf.on.event(*MSVC)
+async def mailservice_moved(
+    body: kopf.Body,
+    type: str | None,
+    memo: kopf.Memo,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    if type == "DELETED":
+        memo.ctx.forget("MailService", (body.metadata.namespace, body.metadata.name))
+    if not _spec_changed(memo, "msvc", body, type):
+        return
+    world = reconcile.world_of(mailservices, ipaddressgroups)
+    await _fan_out(memo.ctx, world, world.contenders(body))
+
+
+# -- IPAddressGroup -------------------------------------------------------------------------
+
+
+@kopf.on.event(*IPG)
+async def ip_address_group(
+    body: kopf.Body,
+    type: str | None,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    if type == "DELETED":
+        memo.ctx.forget("IPAddressGroup", (namespace, name))
+    world = reconcile.world_of(mailservices, ipaddressgroups)
+    # The group itself and every group nesting it resolve differently now.
+    specs = world.group_specs(namespace)
+    for key, group in world.groups.items():
+        if key[0] == namespace and name in groups.resolve(key[1], specs).uses:
+            await _quietly(reconcile.ip_address_group(memo.ctx, group, world))
+    if _spec_changed(memo, "ipg", body, type):
+        await _fan_out(memo.ctx, world, world.users_of(namespace, name))
+
+
+# -- children -------------------------------------------------------------------------------
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+async def child_changed(
+    body: kopf.Body,
+    type: str | None,
+    namespace: str,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    if type is None:
+        return  # the initial listing: the MailServices' own resume handlers cover it
+    world = reconcile.world_of(mailservices, ipaddressgroups)
+    owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
+    if owner is None:
+        return
+    if type == "DELETED" and not await _still_there(memo.ctx, owner):
+        # The garbage collector at work after the owner went (its deletion may not have
+        # reached the index yet): nothing to put back.
+        return
+    await _fan_out(memo.ctx, world, [owner])
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    # Bodies are live views that kopf updates; the world must hold stable copies.
+    snapshot: dict[str, Any] = _plain(body)
+    return snapshot
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def _still_there(ctx: reconcile.Context, body: Mapping[str, Any]) -> bool:
+    try:
+        live = await ctx.api.get(kube.path_of({**body, "apiVersion": models.API_VERSION}))
+    except kube.ApiError:
+        return True  # let the reconciliation find out
+    return (
+        live is not None
+        and live["metadata"].get("uid") == body["metadata"].get("uid")
+        and not live["metadata"].get("deletionTimestamp")
+    )
+
+
+def _backoff(retry: int) -> float:
+    return min(MAX_BACKOFF, 2.0 ** min(retry, 10))
+
+
+def _spec_changed(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None) -> bool:
+    """Only changes of the spec (and deletions) fan out; status writes would echo."""
+    key = (kind, body.metadata.namespace, body.metadata.name)
+    seen: dict[tuple[str, str | None, str | None], Any] = memo.generations
+    if type == "DELETED":
+        seen.pop(key, None)
+        return True
+    generation = (body.metadata.get("generation"), _plain(dict(body.metadata.annotations)))
+    if seen.get(key) == generation:
+        return False
+    seen[key] = generation
+    return True
+
+
+async def _fan_out(
+    ctx: reconcile.Context, world: reconcile.World, bodies: Iterable[Mapping[str, Any]]
+) -> None:
+    await asyncio.gather(*(_quietly(reconcile.mailservice(ctx, b, world)) for b in bodies))
+
+
+async def _quietly(coro: Any) -> None:
+    """Reconciliations triggered by another object: a failure is logged, and the periodic
+    resync (or the object's next event) tries again."""
+    try:
+        await coro
+    except reconcile.InvalidSpec:
+        pass
+    except kube.ApiError as exc:
+        logger.warning("reconciliation failed, will retry on the next resync: %s", exc)
+
+
+async def _resync(
+    ctx: reconcile.Context,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+) -> None:
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        world = reconcile.world_of(mailservices, ipaddressgroups)
+        for group in world.groups.values():
+            await _quietly(reconcile.ip_address_group(ctx, group, world))
+        for msvc in world.services.values():
+            await _quietly(reconcile.mailservice(ctx, msvc, world))

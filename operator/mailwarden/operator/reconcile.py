@@ -1,0 +1,334 @@
+"""Reconciliation of one MailService or IPAddressGroup: read the world (from the operator's
+indices), build the children (pure), apply them (idempotent), write the status when it
+changed. Called by the kopf handlers, whatever triggered them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pydantic
+
+from mailwarden.operator import (
+    apply,
+    children,
+    conditions,
+    conflicts,
+    events,
+    groups,
+    kube,
+    manifests,
+    metrics,
+    models,
+    naming,
+)
+from mailwarden.operator import settings as settings_mod
+from mailwarden.operator import status as status_mod
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, name
+
+
+class InvalidSpec(Exception):
+    """The spec cannot be acted on; only a change to it helps (no retries)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """What the operator knows: every MailService and IPAddressGroup body, by (namespace,
+    name), as its indices hold them."""
+
+    services: Mapping[Key, Mapping[str, Any]]
+    groups: Mapping[Key, Mapping[str, Any]]
+
+    def group_specs(self, namespace: str) -> dict[str, models.IPAddressGroupSpec]:
+        out = {}
+        for (ns, name), body in self.groups.items():
+            if ns != namespace:
+                continue
+            try:
+                out[name] = models.IPAddressGroupSpec.model_validate(body.get("spec") or {})
+            except pydantic.ValidationError:
+                continue  # an invalid group is reported on the group; users see it missing
+        return out
+
+    def claimants(self) -> list[conflicts.Claimant]:
+        out = []
+        for body in self.services.values():
+            msvc = parse_mailservice(body)
+            if msvc is not None and not body.get("metadata", {}).get("deletionTimestamp"):
+                out.append(conflicts.claimant(msvc, created(body)))
+        return out
+
+    def users_of(self, namespace: str, group: str) -> list[Mapping[str, Any]]:
+        """MailServices of `namespace` whose access depends on `group`, directly or nested."""
+        specs = self.group_specs(namespace)
+        out = []
+        for (ns, _), body in self.services.items():
+            allow = ((body.get("spec") or {}).get("access") or {}).get("allowFrom")
+            if ns != namespace or not allow:
+                continue
+            if group in groups.resolve(allow, specs).uses:
+                out.append(body)
+        return out
+
+    def contenders(self, body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """Other MailServices that may gain or lose an address when `body` changes or goes:
+        those claiming one of its addresses, and those already reporting a conflict."""
+        me = parse_mailservice(body)
+        mine = conflicts.claims(me.spec) if me is not None else frozenset()
+        key = _key(body)
+        out = []
+        for other_key, other in self.services.items():
+            if other_key == key:
+                continue
+            msvc = parse_mailservice(other)
+            theirs = conflicts.claims(msvc.spec) if msvc is not None else frozenset()
+            ready = conditions.get((other.get("status") or {}).get("conditions") or [], "Ready")
+            reason = ready.get("reason") if ready else None
+            if mine & theirs or reason == conditions.Reason.LISTEN_CONFLICT:
+                out.append(other)
+        return out
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace")), str(meta.get("name")))
+
+
+def created(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
+    try:
+        return models.MailService.model_validate(_plain(body))
+    except pydantic.ValidationError:
+        return None
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(body.get("metadata") or {})
+    return {
+        "apiVersion": body.get("apiVersion", models.API_VERSION),
+        "kind": body.get("kind", "MailService"),
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace") or "default",
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "spec": body.get("spec") or {},
+    }
+
+
+class Locks:
+    """One lock per object: its own handler and fan-out from a group may both want it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    def __call__(self, key: tuple[str, ...]) -> asyncio.Lock:
+        return self._locks[key]
+
+
+@dataclasses.dataclass
+class Context:
+    api: kube.Api
+    settings: settings_mod.Settings = dataclasses.field(default_factory=settings_mod.Settings)
+    locks: Locks = dataclasses.field(default_factory=Locks)
+    # The status this operator last wrote, by object. It is the only writer of status, and
+    # the bodies in its indices can lag behind its own writes by an event.
+    written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    async def write_status(
+        self, kind: str, path: str, key: Key, old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        if new != old:
+            await self.api.patch(f"{path}/status", {"status": new})
+        self.written[(kind, *key)] = new
+
+    def old_status(self, kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        cached = self.written.get((kind, *_key(body)))
+        return cached if cached is not None else (body.get("status") or {})
+
+    def forget(self, kind: str, key: Key) -> None:
+        self.written.pop((kind, *key), None)
+
+
+async def mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
+    key = _key(body)
+    async with ctx.locks(key):
+        # The index may hold a newer body than the one a handler was called with, or none
+        # when the MailService went away while this waited for its turn.
+        if key not in world.services:
+            return
+        body = world.services[key]
+        with metrics.reconcile("MailService") as result:
+            try:
+                await _mailservice(ctx, body, world)
+            except InvalidSpec:
+                result[0] = metrics.INVALID
+                raise
+
+
+async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return  # going away: the garbage collector takes the children
+    generation = int(meta.get("generation") or 0)
+    old_status = ctx.old_status("MailService", body)
+    new_generation = old_status.get("observedGeneration") != generation
+    path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
+    stamp = conditions.now()
+    try:
+        msvc = models.MailService.model_validate(_plain(body))
+    except pydantic.ValidationError as exc:
+        message = "invalid spec: " + manifests.explain(exc)
+        new = status_mod.invalid(generation, message, old_status, timestamp=stamp)
+        await ctx.write_status("MailService", path, _key(body), old_status, new)
+        if new_generation:
+            await events.post(ctx.api, body, "Warning", conditions.Reason.INVALID_SPEC, message)
+        raise InvalidSpec(message) from None
+
+    namespace = msvc.metadata.namespace
+    me = conflicts.claimant(msvc, created(body))
+    lost = conflicts.lost(me, world.claimants())
+    built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
+
+    async def owner_alive() -> bool:
+        live = await ctx.api.get(path)
+        return (
+            live is not None
+            and live["metadata"].get("uid") == meta.get("uid")
+            and not live["metadata"].get("deletionTimestamp")
+        )
+
+    live_deployment: dict[str, Any] | None = None
+    for child in built.all:
+        try:
+            action, live = await apply.ensure(ctx.api, child, owner_alive)
+        except apply.OwnerGone:
+            logger.info("%s/%s is gone; not recreating its children", *_key(body))
+            return
+        if child["kind"] == "Deployment":
+            live_deployment = live
+        if action != "unchanged":
+            metrics.WRITES.labels(child["kind"], action).inc()
+            await events.post(
+                ctx.api,
+                body,
+                "Normal",
+                action.capitalize(),
+                f"{action} {child['kind']} {child['metadata']['name']}",
+            )
+        if child["kind"] == "ConfigMap" and action == "updated":
+            await apply.nudge_pods(
+                ctx.api,
+                namespace,
+                naming.selector(msvc.metadata.name),
+                child["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
+            )
+    for name in await apply.prune(
+        ctx.api,
+        "v1",
+        "Service",
+        namespace,
+        msvc.metadata.name,
+        msvc.metadata.uid,
+        (s["metadata"]["name"] for s in built.services),
+    ):
+        metrics.WRITES.labels("Service", "deleted").inc()
+        await events.post(ctx.api, body, "Normal", "Deleted", f"deleted Service {name}")
+
+    facts = status_mod.facts(msvc, built, lost, live_deployment)
+    new = status_mod.mailservice(msvc, built, facts, old_status, timestamp=stamp)
+    await ctx.write_status("MailService", path, _key(body), old_status, new)
+    await _announce(ctx, body, built, old_status, new, new_generation)
+
+
+async def _announce(
+    ctx: Context,
+    body: Mapping[str, Any],
+    built: children.Children,
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    new_generation: bool,
+) -> None:
+    """Events for what changed: the state, a new reason for not being ready, warnings about
+    the spec (once per generation)."""
+    if old.get("state") != new["state"] and old.get("state") is not None:
+        await events.post(
+            ctx.api, body, "Normal", new["state"], f"state {old.get('state')} -> {new['state']}"
+        )
+    old_ready = conditions.get(old.get("conditions") or [], "Ready") or {}
+    ready = conditions.get(new["conditions"], "Ready") or {}
+    stalled = conditions.get(new["conditions"], "Stalled") or {}
+    if stalled.get("status") == "True" and old_ready.get("reason") != ready.get("reason"):
+        await events.post(ctx.api, body, "Warning", str(ready["reason"]), str(ready["message"]))
+    if new_generation:
+        for warning in built.warnings:
+            await events.post(ctx.api, body, "Warning", warning.reason, warning.message)
+
+
+async def ip_address_group(ctx: Context, body: Mapping[str, Any], world: World) -> None:
+    key = _key(body)
+    async with ctx.locks(("ipg", *key)):
+        if key not in world.groups:
+            return
+        body = world.groups[key]
+        with metrics.reconcile("IPAddressGroup") as result:
+            meta = body.get("metadata") or {}
+            generation = int(meta.get("generation") or 0)
+            old = ctx.old_status("IPAddressGroup", body)
+            path = kube.path_of(
+                {**body, "apiVersion": models.API_VERSION, "kind": "IPAddressGroup"}
+            )
+            stamp = conditions.now()
+            try:
+                models.IPAddressGroupSpec.model_validate(body.get("spec") or {})
+            except pydantic.ValidationError as exc:
+                result[0] = metrics.INVALID
+                message = "invalid spec: " + manifests.explain(exc)
+                new = status_mod.invalid(generation, message, old, timestamp=stamp)
+                new["cidrs"] = []
+            else:
+                new = status_mod.ip_address_group(
+                    key[1], world.group_specs(key[0]), generation, old, timestamp=stamp
+                )
+            await ctx.write_status("IPAddressGroup", path, key, old, new)
+
+
+def world_of(services: Mapping[Key, Any], groups_: Mapping[Key, Any]) -> World:
+    """A World reading kopf's indices (key -> store of bodies) live: a reconciliation that
+    waited for its lock sees what is known when it runs, not when it was asked for."""
+    return World(services=_IndexView(services), groups=_IndexView(groups_))
+
+
+class _IndexView(Mapping[Key, Mapping[str, Any]]):
+    def __init__(self, index: Mapping[Key, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: Key) -> Mapping[str, Any]:
+        for item in self._index[key]:
+            return item  # type: ignore[no-any-return]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter([k for k in list(self._index) if k in self])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return any(True for _ in self._index[key])  # type: ignore[index]
+        except KeyError:
+            return False

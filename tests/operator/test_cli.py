@@ -1,0 +1,151 @@
+"""`mailwarden render` and `mailwarden operator` as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+
+from tests.operator.resources import mailservice, ready
+from tests.support.kube import EmulatorThread
+from tests.support.operator import Client, eventually
+
+MANIFESTS = """\
+apiVersion: mailwarden.io/v1alpha1
+kind: MailService
+metadata: {name: submission, namespace: mail}
+spec:
+  service: Submission
+  listen: [{address: 192.0.2.10}, {port: 2587}]
+  access: {allowFrom: office, maxConnections: 200}
+  backend: {host: postfix.mail.svc, proxyProtocol: V2}
+  replicas: 2
+---
+apiVersion: mailwarden.io/v1alpha1
+kind: IPAddressGroup
+metadata: {name: office, namespace: mail}
+spec:
+  items: [{network: 198.51.100.0/24}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unrelated}
+"""
+
+
+def mailwarden(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailwarden.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_render_prints_the_children_as_yaml(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "mail.yaml").write_text(MANIFESTS)
+    result = mailwarden("render", "-f", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert kinds == [
+        ("ConfigMap", "mailwarden-submission"),
+        ("Deployment", "mailwarden-submission"),
+        ("Service", "mailwarden-submission"),
+        ("Service", "mailwarden-submission-192-0-2-10"),
+        ("NetworkPolicy", "mailwarden-submission"),
+    ]
+    config = yaml.safe_load(docs[0]["data"]["listener.yaml"])
+    assert config["services"][0]["allow"] == ["198.51.100.0/24"]
+    assert config["services"][0]["max_connections"] == 100
+
+
+def test_render_refuses_an_invalid_manifest_with_the_field_named(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "bad.yaml").write_text(MANIFESTS.replace("Submission", "Gopher", 1))
+    result = mailwarden("render", "-f", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 2
+    assert "spec.service" in result.stderr and result.stdout == ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def emulator_only() -> Iterator[EmulatorThread]:
+    et = EmulatorThread().start()
+    yield et
+    et.stop()
+
+
+def test_the_operator_command_reconciles_and_serves_liveness_and_metrics(
+    tmp_path: pathlib.Path, emulator_only: EmulatorThread
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "emulator",
+                "clusters": [{"name": "emulator", "cluster": {"server": emulator_only.url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "u"}}],
+            }
+        )
+    )
+    liveness, metrics = free_port(), free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailwarden.cli",
+            "operator",
+            "--liveness",
+            f"http://127.0.0.1:{liveness}/healthz",
+            "--metrics-port",
+            str(metrics),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kube = Client(emulator_only.url)
+    try:
+
+        def alive() -> None:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                r = httpx.get(f"http://127.0.0.1:{liveness}/healthz", timeout=1)
+            except httpx.HTTPError as exc:
+                raise AssertionError(str(exc)) from None
+            assert r.status_code == 200
+
+        eventually(alive, timeout=30, interval=0.2)
+        kube.apply(mailservice("cli", "smtp"))
+        eventually(lambda: ready(kube, "cli", "smtp"), timeout=20)
+        text = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=2).text
+        assert 'mailwarden_operator_reconciles_total{kind="MailService",result="success"}' in text
+        assert "mailwarden_operator_reconcile_duration_seconds_bucket" in text
+    finally:
+        kube.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
