@@ -8,8 +8,20 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
-from tests.deploy.tools import CHART, CI_VALUES, KUBERNETES_VERSION, by_kind, helm, one, render
+from mailwarden.operator import settings
+
+from tests.deploy.tools import (
+    CHART,
+    CI_VALUES,
+    KUBERNETES_VERSION,
+    ROOT,
+    by_kind,
+    helm,
+    one,
+    render,
+)
 
 # Kinds from the Prometheus Operator: no official schema; checked for their structure below.
 PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
@@ -164,6 +176,23 @@ def test_listener_image_defaults_to_the_listener_image_of_the_same_version() -> 
     # An empty repository: the operator image, which holds the listener too.
     objs = render(sets=("listener.image.repository=",))
     assert listener_env(objs)["MAILWARDEN_LISTENER_IMAGE"] == "mailwarden:0.1.0"
+
+
+def test_operator_default_listener_image_is_the_chart_s_and_the_dockerfile_s_listener_image() -> (
+    None
+):
+    """Without the chart (`mailwarden render`, a hand-made Deployment) the operator names the
+    same listener image the chart passes and the Dockerfile's `listener` target is tagged as."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    operator_default = settings.Settings().image
+    assert operator_default == f"mailwarden-listener:{chart['appVersion']}"
+    assert settings.Settings.from_env({}).image == operator_default
+    assert listener_env(render())["MAILWARDEN_LISTENER_IMAGE"] == operator_default
+    listener_stage = (ROOT / "Dockerfile").read_text().split("AS listener", 1)[1]
+    assert 'org.opencontainers.image.title="mailwarden-listener"' in listener_stage
+    # The chart's value wins over the built-in default.
+    env = {"MAILWARDEN_LISTENER_IMAGE": "registry.example.com/mail/mailwarden-listener:0.1.0"}
+    assert settings.Settings.from_env(env).image == env["MAILWARDEN_LISTENER_IMAGE"]
 
 
 def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:

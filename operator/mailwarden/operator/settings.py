@@ -16,10 +16,15 @@ def _version() -> str:
         return "latest"
 
 
+LISTENER_IMAGE_REPOSITORY = "mailwarden-listener"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    # The listener image: the same `mailwarden` image the operator runs from.
-    image: str = f"ghcr.io/mailwarden/mailwarden:{_version()}"
+    # The listener image (Dockerfile target `listener`), of this release. The Helm chart passes
+    # its `listener.image` (registry and all) in MAILWARDEN_LISTENER_IMAGE; this default names
+    # the image as the chart and the Dockerfile do, without a registry.
+    image: str = f"{LISTENER_IMAGE_REPOSITORY}:{_version()}"
     image_pull_policy: str = "IfNotPresent"
     # Prometheus scrapes the listeners' metrics port from this namespace.
     monitoring_namespace: str = "monitoring"
