@@ -228,6 +228,19 @@ def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:
     assert env["MAILWARDEN_LISTENER_UID"] == "65532"
 
 
+@pytest.mark.parametrize("values", CI_VALUES, ids=values_id)
+def test_the_operator_accepts_the_settings_the_chart_renders(values: pathlib.Path) -> None:
+    env = listener_env(render(values))
+    config = settings.Settings.from_env(env)  # raises SettingsError on anything it refuses
+    assert config.image == env["MAILWARDEN_LISTENER_IMAGE"]
+    assert config.image_pull_policy == env["MAILWARDEN_LISTENER_IMAGE_PULL_POLICY"]
+    d = config.listener_defaults
+    rendered = json.loads(env["MAILWARDEN_LISTENER_DEFAULTS"])
+    assert d.expose.type == rendered["expose"]["type"]
+    assert d.resources_dict == (rendered["resources"] or None)
+    assert d.pull_secrets_list() == rendered["imagePullSecrets"]
+
+
 def test_changing_listener_defaults_restarts_the_operator_through_a_checksum() -> None:
     a = one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     b = one(render(sets=("listener.defaults.expose.type=ClusterIP",)), "Deployment")

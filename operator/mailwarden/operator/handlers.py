@@ -63,9 +63,9 @@ async def configure(
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     if "ctx" not in memo:
-        memo.ctx = reconcile.Context(
-            api=kube.Api.from_environment(), settings=settings_mod.Settings.from_env()
-        )
+        # `mailwarden operator` has read (and checked) the settings before kopf started.
+        config = memo.get("settings") or settings_mod.Settings.from_env()
+        memo.ctx = reconcile.Context(api=kube.Api.from_environment(), settings=config)
     memo.generations = {}
     memo.resync = asyncio.create_task(_resync(memo.ctx, mailservices, ipaddressgroups))
 

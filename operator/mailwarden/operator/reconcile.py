@@ -57,11 +57,17 @@ class World:
                 continue  # an invalid group is reported on the group; users see it missing
         return out
 
-    def claimants(self) -> list[conflicts.Claimant]:
+    def claimants(
+        self, defaults: settings_mod.ListenerDefaults | None = None
+    ) -> list[conflicts.Claimant]:
+        """Every MailService's fixed-address claims, with the cluster-wide defaults applied
+        (a service left to a ClusterIP default claims nothing)."""
+        defaults = defaults or settings_mod.ListenerDefaults()
         out = []
         for body in self.services.values():
             msvc = parse_mailservice(body)
             if msvc is not None and not body.get("metadata", {}).get("deletionTimestamp"):
+                msvc = children.with_defaults(msvc, defaults)
                 out.append(conflicts.claimant(msvc, created(body)))
         return out
 
@@ -79,7 +85,9 @@ class World:
 
     def contenders(self, body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """Other MailServices that may gain or lose an address when `body` changes or goes:
-        those claiming one of its addresses, and those already reporting a conflict."""
+        those claiming one of its addresses, and those already reporting a conflict. Read
+        without the cluster-wide defaults: a ClusterIP default only removes claims, so this
+        errs towards reconciling one MailService too many."""
         me = parse_mailservice(body)
         mine = conflicts.claims(me.spec) if me is not None else frozenset()
         key = _key(body)
@@ -199,8 +207,9 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
         raise InvalidSpec(message) from None
 
     namespace = msvc.metadata.namespace
+    msvc = children.with_defaults(msvc, ctx.settings.listener_defaults)
     me = conflicts.claimant(msvc, created(body))
-    lost = conflicts.lost(me, world.claimants())
+    lost = conflicts.lost(me, world.claimants(ctx.settings.listener_defaults))
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
 
     async def owner_alive() -> bool:
