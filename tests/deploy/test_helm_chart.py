@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from mailwarden.operator import settings
-
 from tests.deploy.tools import (
     CHART,
     CI_VALUES,
