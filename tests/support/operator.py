@@ -25,8 +25,16 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
 
 
 class OperatorThread:
-    def __init__(self, url: str, settings: settings_mod.Settings | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: settings_mod.Settings | None = None,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
+        """namespaces: watch only these, as `mailwarden operator --namespace` does; default
+        every namespace."""
         self.url = url
+        self.namespaces = namespaces
         self.settings = settings or settings_mod.Settings(image="mailwarden:test")
         self.api = kube.Api.for_url(url)
         self._stop = threading.Event()
@@ -56,7 +64,8 @@ class OperatorThread:
             asyncio.run(
                 kopf.operator(
                     standalone=True,
-                    clusterwide=True,
+                    clusterwide=not self.namespaces,
+                    namespaces=list(self.namespaces),
                     stop_flag=self._stop,
                     ready_flag=self._ready,
                     memo=memo,
