@@ -250,7 +250,9 @@ def operator(emulator: EmulatorThread) -> Iterator[OperatorThread]:
     op = OperatorThread(
         emulator.url,
         settings.Settings(
-            image="mailwarden-listener:test", listener_defaults=config().listener_defaults
+            image="mailwarden-listener:test",
+            listener_defaults=config().listener_defaults,
+            backend_probe_seconds=0,  # postfix.mail.svc is made up
         ),
     ).start()
     yield op

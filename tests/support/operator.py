@@ -35,8 +35,14 @@ class OperatorThread:
         every namespace."""
         self.url = url
         self.namespaces = namespaces
-        self.settings = settings or settings_mod.Settings(image="mailwarden:test")
+        # No backend probes by default: the scenarios name backends (postfix.mail.svc) that
+        # do not exist here. tests/operator/test_backend_probe.py turns them on.
+        self.settings = settings or settings_mod.Settings(
+            image="mailwarden:test", backend_probe_seconds=0
+        )
         self.api = kube.Api.for_url(url)
+        # The operator's state, for tests that wait on it (read only, from the test thread).
+        self.ctx = reconcile.Context(api=self.api, settings=self.settings)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -59,7 +65,7 @@ class OperatorThread:
             raise RuntimeError("the operator did not stop within 15 s")
 
     def _run(self) -> None:
-        memo = kopf.Memo(ctx=reconcile.Context(api=self.api, settings=self.settings))
+        memo = kopf.Memo(ctx=self.ctx)
         try:
             asyncio.run(
                 kopf.operator(

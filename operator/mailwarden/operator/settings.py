@@ -179,6 +179,10 @@ class Settings:
     # UID/GID the listener runs as (the image's non-root user).
     run_as_user: int = 65532
     listener_defaults: ListenerDefaults = dataclasses.field(default_factory=ListenerDefaults)
+    # How often every running MailService's backend is probed (a TCP connect), and how long a
+    # probe may take. 0 seconds: no probes (BackendUnreachable is never reported).
+    backend_probe_seconds: float = 60.0
+    backend_probe_timeout: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -200,13 +204,34 @@ class Settings:
         if not uid.isdigit() or not 0 < int(uid) < 2**31:
             raise SettingsError(f"MAILWARDEN_LISTENER_UID: {uid!r} is not a non-root uid")
         image = env.get("MAILWARDEN_LISTENER_IMAGE") or default.image
+        every = _seconds(env, "MAILWARDEN_BACKEND_PROBE_SECONDS", default.backend_probe_seconds)
+        timeout = _seconds(env, "MAILWARDEN_BACKEND_PROBE_TIMEOUT", default.backend_probe_timeout)
+        if not 0 < timeout <= 30:
+            raise SettingsError(
+                f"MAILWARDEN_BACKEND_PROBE_TIMEOUT: {timeout:g} is not between 0 and 30 seconds"
+            )
         return cls(
             image=image,
             image_pull_policy=PULL_POLICIES[policy],
             monitoring_namespace=env.get("MAILWARDEN_MONITORING_NAMESPACE") or "monitoring",
             run_as_user=int(uid),
             listener_defaults=defaults,
+            backend_probe_seconds=every,
+            backend_probe_timeout=timeout,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise SettingsError(f"{name}: {text!r} is not a number of seconds")
+    return value
 
 
 def _listener_defaults(text: str) -> ListenerDefaults:
