@@ -148,7 +148,7 @@ async def test_the_probe_never_blocks_the_event_loop() -> None:
             c.close()
         server.close()
     assert set(results) == {"no answer within 0.4 s"}
-    assert ticks >= 10  # ~40 possible in 0.4 s; a blocked loop would give 0 or 1
+    assert ticks >= 5  # ~40 possible in 0.4 s; a blocked loop would give 0 or 1
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
