@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from mailwarden.operator import children, conflicts, models, naming, reconcile, settings
 from tests.operator.resources import MW, mailservice, ready
@@ -286,3 +288,26 @@ def test_world_claimants_apply_the_defaults() -> None:
     clusterip = settings.ListenerDefaults.model_validate({"expose": {"type": "ClusterIP"}})
     assert [c.claims for c in world.claimants()] == [{("192.0.2.1", 25)}]
     assert [c.claims for c in world.claimants(clusterip)] == [frozenset()]
+
+
+def test_render_applies_the_defaults_from_the_environment_and_refuses_bad_ones(
+    tmp_path: pathlib.Path,
+) -> None:
+    manifest = tmp_path / "smtp.yaml"
+    manifest.write_text(yaml.safe_dump(mailservice("mail", "smtp")))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "MAILWARDEN_LISTENER_DEFAULTS": json.dumps(CHART_DEFAULTS),
+    }
+    run = [sys.executable, "-m", "mailwarden.cli", "render", "-f", str(manifest)]
+    proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(proc.stdout) if d}
+    assert docs["Service"]["spec"]["type"] == "NodePort"
+    assert docs["Deployment"]["spec"]["template"]["spec"]["priorityClassName"] == "mail-edge"
+    env["MAILWARDEN_LISTENER_DEFAULTS"] = '{"tolerations": "all"}'
+    proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("mailwarden render: MAILWARDEN_LISTENER_DEFAULTS: tolerations")
+    assert proc.stdout == ""
