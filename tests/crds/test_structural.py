@@ -127,7 +127,8 @@ def test_a_mailservice_with_only_the_required_fields_is_defaulted_like_pydantic_
         },
         "proxyProtocol": {},
         "replicas": 1,
-        "expose": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"},
+        # Left to the operator's cluster-wide defaults (crd.OPERATOR_DEFAULTS).
+        "expose": {},
         "timeouts": {"handshakeSeconds": 10, "idleSeconds": 600},
         "drainSeconds": 30,
     }

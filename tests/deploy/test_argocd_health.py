@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 import shutil
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mailwarden.operator import children, models
+from mailwarden.operator import status as status_mod
 from tests.deploy.tools import ROOT, render
 
 ARGOCD = ROOT / "deploy" / "argocd"
@@ -96,6 +99,47 @@ def test_a_stopped_manual_service_is_suspended_not_degraded(tmp_path: pathlib.Pa
     # Started by its administrator and ready: healthy.
     obj["status"]["conditions"][0].update(status="True", reason="Running", message="")
     assert health(script, obj, tmp_path) == ("Healthy", "Running")
+
+
+def operator_status(f: status_mod.Facts) -> dict[str, Any]:
+    """A MailService with the status the operator itself writes for these facts."""
+    msvc = models.MailService.model_validate(
+        {
+            "metadata": {"name": "smtp", "namespace": "mail", "generation": 2},
+            "spec": {"service": "SMTP", "backend": {"host": "postfix.mail.svc"}},
+        }
+    )
+    built = children.build(msvc, {})
+    new = status_mod.mailservice(msvc, built, f, {}, timestamp="2026-11-28T09:00:00Z")
+    return {**msvc.model_dump(by_alias=True, mode="json"), "status": new}
+
+
+def test_every_reason_the_operator_stalls_for_is_degraded_including_backend_unreachable(
+    tmp_path: pathlib.Path,
+) -> None:
+    script = HEALTH / "mailwarden.io" / "MailService" / "health.lua"
+    base = status_mod.Facts(
+        generation=2,
+        running=True,
+        replicas=1,
+        resolution=None,
+        lost={},
+        current_replicas=1,
+        available_replicas=1,
+        updated_replicas=1,
+        rollout_observed=True,
+        backend="postfix.mail.svc:25",
+    )
+    unreachable = dataclasses.replace(base, backend_error="Connection refused")
+    obj = operator_status(unreachable)
+    status, message = health(script, obj, tmp_path)
+    assert status == "Degraded"
+    assert message.startswith("BackendUnreachable: backend postfix.mail.svc:25 unreachable")
+    # Also from Ready alone (a status written without Stalled).
+    obj["status"]["conditions"] = [c for c in obj["status"]["conditions"] if c["type"] != "Stalled"]
+    assert health(script, obj, tmp_path)[0] == "Degraded"
+    # Back: healthy again.
+    assert health(script, operator_status(base), tmp_path)[0] == "Healthy"
 
 
 def test_a_new_generation_is_progressing_even_while_the_old_one_was_degraded(

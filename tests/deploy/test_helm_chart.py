@@ -8,42 +8,41 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
-from tests.deploy.tools import CHART, CI_VALUES, KUBERNETES_VERSION, by_kind, helm, one, render
+from mailwarden.operator import settings
+from tests.deploy.tools import (
+    CHART,
+    CI_VALUES,
+    KUBERNETES_VERSION,
+    ROOT,
+    by_kind,
+    helm,
+    one,
+    render,
+)
 
 # Kinds from the Prometheus Operator: no official schema; checked for their structure below.
 PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
+# What the operator uses, as tests/operator/test_rbac.py derives it by running the operator;
+# here the rules' layout is pinned too.
 NAMESPACED_RULES = [
-    (
-        ["mailwarden.io"],
-        ["mailservices", "ipaddressgroups"],
-        ["get", "list", "watch", "patch", "update"],
-    ),
-    (
-        ["mailwarden.io"],
-        ["mailservices/status", "ipaddressgroups/status"],
-        ["get", "patch", "update"],
-    ),
-    (
-        [""],
-        ["configmaps", "services"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
-    (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch", "update", "delete"]),
-    (
-        ["networking.k8s.io"],
-        ["networkpolicies"],
-        ["get", "list", "watch", "create", "patch", "update", "delete"],
-    ),
+    (["mailwarden.io"], ["mailservices"], ["get", "list", "watch", "patch"]),
+    (["mailwarden.io"], ["ipaddressgroups"], ["list", "watch"]),
+    (["mailwarden.io"], ["mailservices/status", "ipaddressgroups/status"], ["patch"]),
+    (["mailwarden.io"], ["mailservices/finalizers"], ["update"]),
+    ([""], ["configmaps"], ["get", "list", "watch", "create", "patch"]),
+    ([""], ["services"], ["get", "list", "watch", "create", "patch", "delete"]),
+    (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch"]),
+    (["networking.k8s.io"], ["networkpolicies"], ["get", "list", "watch", "create", "patch"]),
     ([""], ["pods"], ["list", "patch"]),
-    ([""], ["events"], ["create", "patch"]),
-    (["events.k8s.io"], ["events"], ["create", "patch"]),
+    ([""], ["events"], ["create"]),
 ]
-DISCOVERY_RULES = [
-    ([""], ["namespaces"], ["list", "watch"]),
-    (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"]),
-]
+CRD_RULE = (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])
+DISCOVERY_RULES = [CRD_RULE]
+# Watching listed namespaces, kopf also lists and watches the Namespaces.
+DISCOVERY_RULES_NAMESPACED = [([""], ["namespaces"], ["list", "watch"]), CRD_RULE]
 
 
 def rules(role: dict[str, Any]) -> list[tuple[list[str], list[str], list[str]]]:
@@ -135,6 +134,9 @@ def test_watching_listed_namespaces_makes_one_role_each_and_passes_them_to_the_o
     assert [r["metadata"]["name"] for r in by_kind(objs, "ClusterRole")] == [
         "mw-mailwarden-discovery"
     ]
+    assert rules(one(objs, "ClusterRole", "mw-mailwarden-discovery")) == (
+        DISCOVERY_RULES_NAMESPACED
+    )
     args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace")] == [
         "--namespace=mail",
@@ -164,6 +166,23 @@ def test_listener_image_defaults_to_the_listener_image_of_the_same_version() -> 
     # An empty repository: the operator image, which holds the listener too.
     objs = render(sets=("listener.image.repository=",))
     assert listener_env(objs)["MAILWARDEN_LISTENER_IMAGE"] == "mailwarden:0.1.0"
+
+
+def test_operator_default_listener_image_is_the_chart_s_and_the_dockerfile_s_listener_image() -> (
+    None
+):
+    """Without the chart (`mailwarden render`, a hand-made Deployment) the operator names the
+    same listener image the chart passes and the Dockerfile's `listener` target is tagged as."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    operator_default = settings.Settings().image
+    assert operator_default == f"mailwarden-listener:{chart['appVersion']}"
+    assert settings.Settings.from_env({}).image == operator_default
+    assert listener_env(render())["MAILWARDEN_LISTENER_IMAGE"] == operator_default
+    listener_stage = (ROOT / "Dockerfile").read_text().split("AS listener", 1)[1]
+    assert 'org.opencontainers.image.title="mailwarden-listener"' in listener_stage
+    # The chart's value wins over the built-in default.
+    env = {"MAILWARDEN_LISTENER_IMAGE": "registry.example.com/mail/mailwarden-listener:0.1.0"}
+    assert settings.Settings.from_env(env).image == env["MAILWARDEN_LISTENER_IMAGE"]
 
 
 def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:
@@ -197,6 +216,19 @@ def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:
     assert defaults["podLabels"] == {"team": "mail"}
     assert env["MAILWARDEN_LISTENER_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert env["MAILWARDEN_LISTENER_UID"] == "65532"
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=values_id)
+def test_the_operator_accepts_the_settings_the_chart_renders(values: pathlib.Path) -> None:
+    env = listener_env(render(values))
+    config = settings.Settings.from_env(env)  # raises SettingsError on anything it refuses
+    assert config.image == env["MAILWARDEN_LISTENER_IMAGE"]
+    assert config.image_pull_policy == env["MAILWARDEN_LISTENER_IMAGE_PULL_POLICY"]
+    d = config.listener_defaults
+    rendered = json.loads(env["MAILWARDEN_LISTENER_DEFAULTS"])
+    assert d.expose.type == rendered["expose"]["type"]
+    assert d.resources_dict == (rendered["resources"] or None)
+    assert d.pull_secrets_list() == rendered["imagePullSecrets"]
 
 
 def test_changing_listener_defaults_restarts_the_operator_through_a_checksum() -> None:

@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from mailwarden.operator import kube, models
-from tests.operator.resources import MW, allowed, condition, group, mailservice, ready
+from tests.operator.resources import MW, allowed, condition, group, ready
+from tests.operator.resources import mailservice as _mailservice
 from tests.support.operator import eventually
 
 CONTEXT = "kind-mailwarden"
@@ -150,7 +151,9 @@ def _start_operator() -> subprocess.Popen[bytes]:
     config["current-context"] = CONTEXT
     path = pathlib.Path(tempfile.mkdtemp()) / "kubeconfig"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "KUBECONFIG": str(path)}
+    # Run from this host, the operator cannot resolve the cluster's Service names, so it
+    # cannot probe backends (an operator installed in the cluster does).
+    env = {**os.environ, "KUBECONFIG": str(path), "MAILWARDEN_BACKEND_PROBE_SECONDS": "0"}
     return subprocess.Popen(
         [
             sys.executable,
@@ -164,6 +167,14 @@ def _start_operator() -> subprocess.Popen[bytes]:
         ],
         env=env,
     )
+
+
+def mailservice(ns: str, name: str, **spec: Any) -> dict[str, Any]:
+    """A MailService whose backend exists in every cluster (the API server's Service), so
+    that an operator installed in the cluster, which probes backends, finds it reachable;
+    these scenarios relay no mail."""
+    spec.setdefault("backend", {"host": "kubernetes.default.svc.cluster.local", "port": 443})
+    return _mailservice(ns, name, **spec)
 
 
 @pytest.fixture

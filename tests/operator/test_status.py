@@ -58,6 +58,7 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         lost={("192.0.2.1", 25): holder},
         running=False,
         available_replicas=0,
+        backend_error="Connection refused",
     )
     order = []
     checks = list(status.CHECKS)
@@ -70,6 +71,7 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         Reason.GROUP_CYCLE,
         Reason.LISTEN_CONFLICT,
         Reason.STOPPED,
+        Reason.BACKEND_UNREACHABLE,
         Reason.STARTING,
     ]
 

@@ -49,6 +49,7 @@ import kmock
 import yaml
 from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
+from kmock._internal import parsing as kmock_parsing
 
 from tests.support import crdcheck
 
@@ -97,6 +98,12 @@ class Emulator(kmock.KubernetesEmulator):
     # plural -> CustomResourceDefinition: writes are defaulted and validated (schema and CEL)
     # as an API server's admission would.
     crds: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    # What was asked of the API, as RBAC sees it: (User-Agent, verb, group, resource with
+    # /subresource, namespace or None), and the owners children were written with
+    # blockOwnerDeletion for: (User-Agent, apiVersion, kind). Sets, so bounded by what the
+    # operator can do, not by how long it runs. The RBAC test reads them.
+    audit: set[tuple[str, str, str, str, str | None]] = attrs.field(factory=set)
+    blocking_owners: set[tuple[str, str, str]] = attrs.field(factory=set)
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     _log: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(
@@ -106,6 +113,8 @@ class Emulator(kmock.KubernetesEmulator):
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and request.resource.plural is not None:
+            self._record(request)  # resources only: discovery is open to everyone
         try:
             if request.resource is not None:
                 fault = (str(request.method.value), str(request.resource.plural))
@@ -129,6 +138,32 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             # Served requests are forgotten: kmock's router scans them all on every request.
             self._requests[:] = [r for r in self._requests if r is not request]
+
+    def _record(self, request: rendering.Request) -> None:
+        agent = request.headers.get("User-Agent", "")
+        method = request.method
+        if method == enums.method.GET:
+            if request.action == enums.action.WATCH or request.params.get("watch") in ("true", "1"):
+                verb = "watch"
+            else:
+                verb = "get" if request.name else "list"
+        elif method == enums.method.POST:
+            verb = "create"
+        elif method == enums.method.PUT:
+            verb = "update"
+        elif method == enums.method.PATCH:
+            verb = "patch"
+        elif method == enums.method.DELETE:
+            verb = "delete" if request.name else "deletecollection"
+        else:
+            verb = str(method.value).lower()
+        res = request.resource
+        resource = str(res.plural) + (f"/{request.subresource}" if request.subresource else "")
+        self.audit.add((agent, verb, str(res.group or ""), resource, request.namespace))
+        data = request.data if isinstance(request.data, dict) else {}
+        for ref in (data.get("metadata") or {}).get("ownerReferences") or []:
+            if ref.get("blockOwnerDeletion"):
+                self.blocking_owners.add((agent, str(ref.get("apiVersion")), str(ref.get("kind"))))
 
     def _next_rv(self) -> str:
         self._last_rv = next(self._rv)
@@ -461,7 +496,29 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
+    # kopf lists and watches CRDs to notice resources appearing (none are stored here).
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition",
+        singular="customresourcedefinition",
+        namespaced=False,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
 }
+
+
+def _parse_path(path: str) -> kmock_parsing.ParsedPath:
+    """kmock 0.8 reads /api/v1/namespaces[/NAME] as the prefix of a namespaced path and fails;
+    the API server serves the Namespace objects there (kopf lists them when it watches only
+    some namespaces)."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if len(parts) in (3, 4) and parts[0] == "api" and parts[2] == "namespaces":
+        name = parts[3] if len(parts) == 4 else None
+        return kmock_parsing.ParsedPath("", parts[1], "namespaces", None, name, None)
+    return _kmock_parse_path(path)
+
+
+_kmock_parse_path = kmock_parsing.parse_path
+kmock_parsing.parse_path = _parse_path
 
 
 def load_crds() -> dict[str, dict[str, Any]]:

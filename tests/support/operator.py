@@ -25,10 +25,24 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
 
 
 class OperatorThread:
-    def __init__(self, url: str, settings: settings_mod.Settings | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: settings_mod.Settings | None = None,
+        namespaces: tuple[str, ...] = (),
+    ) -> None:
+        """namespaces: watch only these, as `mailwarden operator --namespace` does; default
+        every namespace."""
         self.url = url
-        self.settings = settings or settings_mod.Settings(image="mailwarden:test")
+        self.namespaces = namespaces
+        # No backend probes by default: the scenarios name backends (postfix.mail.svc) that
+        # do not exist here. tests/operator/test_backend_probe.py turns them on.
+        self.settings = settings or settings_mod.Settings(
+            image="mailwarden:test", backend_probe_seconds=0
+        )
         self.api = kube.Api.for_url(url)
+        # The operator's state, for tests that wait on it (read only, from the test thread).
+        self.ctx = reconcile.Context(api=self.api, settings=self.settings)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -51,12 +65,13 @@ class OperatorThread:
             raise RuntimeError("the operator did not stop within 15 s")
 
     def _run(self) -> None:
-        memo = kopf.Memo(ctx=reconcile.Context(api=self.api, settings=self.settings))
+        memo = kopf.Memo(ctx=self.ctx)
         try:
             asyncio.run(
                 kopf.operator(
                     standalone=True,
-                    clusterwide=True,
+                    clusterwide=not self.namespaces,
+                    namespaces=list(self.namespaces),
                     stop_flag=self._stop,
                     ready_flag=self._ready,
                     memo=memo,

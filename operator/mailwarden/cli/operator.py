@@ -6,15 +6,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 import kopf
 
-from mailwarden.operator import metrics
+from mailwarden.operator import metrics, settings
 
 
 def command(args: argparse.Namespace) -> int:
     from mailwarden.operator import handlers  # noqa: F401  (registers the handlers)
 
+    # Before anything connects: a bad setting stops the operator with a message naming it,
+    # instead of children built from half a configuration.
+    try:
+        config = settings.Settings.from_env()
+    except settings.SettingsError as exc:
+        print(f"mailwarden operator: {exc}", file=sys.stderr)
+        return 2
     metrics.serve(args.metrics_port)
     logging.getLogger("kopf").setLevel(logging.INFO)
     namespaces = args.namespace or []
@@ -24,6 +32,7 @@ def command(args: argparse.Namespace) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=args.liveness,
+            memo=kopf.Memo(settings=config),
         )
     )
     return 0

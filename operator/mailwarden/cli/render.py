@@ -21,16 +21,22 @@ def command(args: argparse.Namespace) -> int:
     if not found.services:
         print("mailwarden render: no MailService in the manifests", file=sys.stderr)
         return 2
+    try:
+        config = settings.Settings.from_env()
+    except settings.SettingsError as exc:
+        print(f"mailwarden render: {exc}", file=sys.stderr)
+        return 2
+    services = [children.with_defaults(m, config.listener_defaults) for m in found.services]
     # Listen conflicts among the given MailServices: without creation times, file order
     # stands in for "created first".
-    claimants = [conflicts.claimant(m, f"{i:08d}") for i, m in enumerate(found.services)]
+    claimants = [conflicts.claimant(m, f"{i:08d}") for i, m in enumerate(services)]
     docs = []
-    for msvc, me in zip(found.services, claimants, strict=True):
+    for msvc, me in zip(services, claimants, strict=True):
         built = children.build(
             msvc,
             found.group_specs(msvc.metadata.namespace),
             lost=conflicts.lost(me, claimants),
-            settings=settings.Settings.from_env(),
+            settings=config,
         )
         name = f"{msvc.metadata.namespace}/{msvc.metadata.name}"
         for problem in built.rendered.problems:

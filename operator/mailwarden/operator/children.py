@@ -53,6 +53,7 @@ def build(
     settings: settings_mod.Settings | None = None,
 ) -> Children:
     settings = settings or settings_mod.Settings()
+    msvc = with_defaults(msvc, settings.listener_defaults)
     lost = lost or {}
     rendered = render.service_config(msvc, groups, bind_addresses=False)
     cfg = render.listener_config(
@@ -71,6 +72,42 @@ def build(
         endpoints=tuple(endpoints),
         warnings=tuple(warnings),
     )
+
+
+def with_defaults(
+    msvc: models.MailService, defaults: settings_mod.ListenerDefaults
+) -> models.MailService:
+    """The MailService as the operator acts on it: what its spec leaves out taken from the
+    cluster-wide defaults (the chart's `listener.defaults`). The spec wins wherever it says
+    something: `expose.type` and `expose.externalTrafficPolicy` when written in it (even when
+    written as the built-in default), `resources`, `nodeSelector`, `tolerations` and `affinity`
+    as a whole when present (`{}` or `[]` clears a default), `expose.annotations` key by key.
+    Applying it twice gives the same result."""
+    spec = msvc.spec
+    expose = spec.expose
+    given = expose.model_fields_set
+    expose = expose.model_copy(
+        update={
+            "type": expose.type if "type" in given else defaults.expose.type,
+            "external_traffic_policy": (
+                expose.external_traffic_policy
+                if "external_traffic_policy" in given
+                else defaults.expose.external_traffic_policy
+            ),
+            "annotations": {**defaults.expose.annotations, **expose.annotations},
+        }
+    )
+    fallback: dict[str, Any] = {
+        "resources": defaults.resources_dict,
+        "node_selector": dict(defaults.node_selector) or None,
+        "tolerations": defaults.tolerations_list() or None,
+        "affinity": dict(defaults.affinity) or None,
+    }
+    update: dict[str, Any] = {"expose": expose}
+    for field, value in fallback.items():
+        if getattr(spec, field) is None and value is not None:
+            update[field] = value
+    return msvc.model_copy(update={"spec": spec.model_copy(update=update)})
 
 
 def config_hash(text: str) -> str:
@@ -122,7 +159,13 @@ def deployment(msvc: models.MailService, settings: settings_mod.Settings) -> Man
     spec = msvc.spec
     name = naming.base(msvc.metadata.name)
     running = models.wants_running(msvc)
-    template_annotations = {"kubectl.kubernetes.io/default-container": naming.CONTAINER}
+    defaults = settings.listener_defaults
+    # The operator's own annotations and labels win over the defaults' (the selector among
+    # them; settings refuses default labels under the operator's prefixes anyway).
+    template_annotations = {
+        **defaults.pod_annotations,
+        "kubectl.kubernetes.io/default-container": naming.CONTAINER,
+    }
     restarted = msvc.metadata.annotations.get(models.RESTART_ANNOTATION)
     if restarted:
         # Changing this rolls the pods one by one (maxUnavailable 0), each draining.
@@ -178,6 +221,7 @@ def deployment(msvc: models.MailService, settings: settings_mod.Settings) -> Man
     }
     if spec.resources:
         container["resources"] = spec.resources
+    pull_secrets = defaults.pull_secrets_list()
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -195,13 +239,17 @@ def deployment(msvc: models.MailService, settings: settings_mod.Settings) -> Man
         "containers": [container],
         "volumes": volumes,
     }
+    if defaults.priority_class_name:
+        pod_spec["priorityClassName"] = defaults.priority_class_name
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = pull_secrets
     if spec.node_selector:
         pod_spec["nodeSelector"] = spec.node_selector
     if spec.tolerations:
         pod_spec["tolerations"] = spec.tolerations
     if spec.affinity:
         pod_spec["affinity"] = spec.affinity
-    labels = naming.labels(msvc)
+    labels = {**defaults.pod_labels, **naming.labels(msvc)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -32,11 +32,14 @@ class Reason:
     GROUP_CYCLE = "IPAddressGroupCycle"
     LISTEN_CONFLICT = "ListenConflict"
     STOPPED = "Stopped"
+    BACKEND_UNREACHABLE = "BackendUnreachable"
     STARTING = "Starting"
     RUNNING = "Running"
     RESOLVED = "Resolved"
     RECONCILED = "Reconciled"
     PROGRESSING = "Progressing"
+    # An event only: the backend answers again after BackendUnreachable.
+    BACKEND_REACHABLE = "BackendReachable"
 
 
 def now() -> str:

@@ -133,6 +133,14 @@ LIST_MAPS: dict[tuple[str, str], list[str]] = {
     ("IPAddressGroupStatus", "conditions"): ["type"],
 }
 
+# Fields the operator defaults rather than the API server: (model, property alias). They stay
+# absent in stored objects, so that the operator can tell "not said" from "said", and the
+# cluster-wide defaults (the Helm chart's `listener.defaults`) apply to what was not said.
+# The models' own defaults are the operator's built-in ones.
+OPERATOR_DEFAULTS: frozenset[tuple[str, str]] = frozenset(
+    {("Expose", "type"), ("Expose", "externalTrafficPolicy")}
+)
+
 # -- schema conversion ----------------------------------------------------------------------
 
 _DROP = {"title", "additionalProperties", "$defs"}
@@ -205,6 +213,8 @@ class _Converter:
             # server apply the nested defaults too, as pydantic does.
             out["default"] = {}
         if owner is not None:
+            if (owner, name) in OPERATOR_DEFAULTS:
+                out.pop("default", None)
             if (owner, name) in PROPERTY_RULES:
                 out.setdefault("x-kubernetes-validations", []).extend(
                     copy.deepcopy(PROPERTY_RULES[(owner, name)])

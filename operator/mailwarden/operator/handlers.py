@@ -11,7 +11,11 @@
 - a child (Deployment, ConfigMap, Service, NetworkPolicy) changed or deleted -> reconcile its
   MailService: edits by hand are put back, rollouts update the status;
 - every MAILWARDEN_RESYNC_SECONDS -> everything once more (level-based, so a no-op when all
-  is well), which also retries fan-out that failed.
+  is well), which also retries fan-out that failed;
+- every MAILWARDEN_BACKEND_PROBE_SECONDS -> a TCP probe of every running MailService's
+  backend; one whose answer changed (unreachable, or back) is reconciled. A task of the
+  operator rather than a kopf timer: kopf puts a finalizer on every object with a timer, and
+  MailServices should stay deletable without the operator.
 """
 
 from __future__ import annotations
@@ -63,20 +67,22 @@ async def configure(
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     if "ctx" not in memo:
-        memo.ctx = reconcile.Context(
-            api=kube.Api.from_environment(), settings=settings_mod.Settings.from_env()
-        )
+        # `mailwarden operator` has read (and checked) the settings before kopf started.
+        config = memo.get("settings") or settings_mod.Settings.from_env()
+        memo.ctx = reconcile.Context(api=kube.Api.from_environment(), settings=config)
     memo.generations = {}
     memo.resync = asyncio.create_task(_resync(memo.ctx, mailservices, ipaddressgroups))
+    memo.probing = asyncio.create_task(_probe_backends(memo.ctx, mailservices, ipaddressgroups))
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("resync", "probing"):
+        task = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # -- indices: what reconciliation reads instead of asking the API ---------------------------
@@ -250,6 +256,31 @@ async def _quietly(coro: Any) -> None:
         pass
     except kube.ApiError as exc:
         logger.warning("reconciliation failed, will retry on the next resync: %s", exc)
+
+
+PROBE_CONCURRENCY = 16
+
+
+async def _probe_backends(
+    ctx: reconcile.Context,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+) -> None:
+    """Bounded: at most PROBE_CONCURRENCY probes at once, each within the probe timeout, and
+    one round at a time."""
+    period = ctx.settings.backend_probe_seconds
+    if period <= 0:
+        return
+    limit = asyncio.Semaphore(PROBE_CONCURRENCY)
+
+    async def one(key: reconcile.Key, world: reconcile.World) -> None:
+        async with limit:
+            await _quietly(reconcile.probe_backend(ctx, key, world))
+
+    while True:
+        await asyncio.sleep(period)
+        world = reconcile.world_of(mailservices, ipaddressgroups)
+        await asyncio.gather(*(one(key, world) for key in list(world.services)))
 
 
 async def _resync(

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 import kubernetes
@@ -32,6 +33,16 @@ PLURALS: dict[tuple[str, str], str] = {
     (models.API_VERSION, "MailService"): "mailservices",
     (models.API_VERSION, "IPAddressGroup"): "ipaddressgroups",
 }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("mailwarden")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+USER_AGENT = f"mailwarden-operator/{_version()}"
 
 
 class ApiError(Exception):
@@ -62,6 +73,9 @@ class Api:
     """A small async JSON client. Create it at start-up, not at import."""
 
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        # The operator's own requests are named in the API server's audit log (kopf's say
+        # kopf/VERSION).
+        client.user_agent = USER_AGENT
         self._client = client
 
     @classmethod

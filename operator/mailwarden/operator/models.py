@@ -187,12 +187,22 @@ class ProxyProtocol(_Spec):
 class Expose(_Spec):
     """How the service is exposed outside the cluster."""
 
+    # No API-server default for these two (crd.OPERATOR_DEFAULTS): absent, the operator's
+    # cluster-wide default applies, and these model defaults are its built-in ones.
     type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
-        default="LoadBalancer", description="Kubernetes Service type."
+        default="LoadBalancer",
+        description=(
+            "Kubernetes Service type. Absent: the operator's default (Helm value "
+            "listener.defaults.expose.type, LoadBalancer unless changed)."
+        ),
     )
     external_traffic_policy: Literal["Local", "Cluster"] = Field(
         default="Local",
-        description="Local keeps client addresses intact, which access rules depend on.",
+        description=(
+            "Local keeps client addresses intact, which access rules depend on. Absent: the "
+            "operator's default (Helm value listener.defaults.expose.externalTrafficPolicy, "
+            "Local unless changed)."
+        ),
     )
     annotations: dict[str, AnnotationValue] = Field(
         default_factory=dict,
@@ -247,16 +257,28 @@ class MailServiceSpec(_Spec):
         le=3600,
         description="On stop or restart, sessions may finish for this long before they are cut.",
     )
+    # Absent: the operator's defaults (Helm values listener.defaults.*); present, even empty,
+    # they replace the default whole.
     resources: dict[str, Any] | None = Field(
-        default=None, description="Resource requests and limits of the listener container."
+        default=None,
+        description=(
+            "Resource requests and limits of the listener container. Absent: the operator's "
+            "default (listener.defaults.resources); {} for none."
+        ),
     )
     node_selector: dict[str, LabelValue] | None = Field(
-        default=None, max_length=64, description="Pod node selector."
+        default=None,
+        max_length=64,
+        description="Pod node selector. Absent: the operator's default; {} for none.",
     )
     tolerations: list[dict[str, Any]] | None = Field(
-        default=None, max_length=64, description="Pod tolerations."
+        default=None,
+        max_length=64,
+        description="Pod tolerations. Absent: the operator's default; [] for none.",
     )
-    affinity: dict[str, Any] | None = Field(default=None, description="Pod affinity.")
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Pod affinity. Absent: the operator's default; {} for none."
+    )
 
     @pydantic.model_validator(mode="after")
     def _rules(self) -> MailServiceSpec:

@@ -25,6 +25,7 @@ from mailwarden.operator import (
     metrics,
     models,
     naming,
+    probe,
 )
 from mailwarden.operator import settings as settings_mod
 from mailwarden.operator import status as status_mod
@@ -57,11 +58,17 @@ class World:
                 continue  # an invalid group is reported on the group; users see it missing
         return out
 
-    def claimants(self) -> list[conflicts.Claimant]:
+    def claimants(
+        self, defaults: settings_mod.ListenerDefaults | None = None
+    ) -> list[conflicts.Claimant]:
+        """Every MailService's fixed-address claims, with the cluster-wide defaults applied
+        (a service left to a ClusterIP default claims nothing)."""
+        defaults = defaults or settings_mod.ListenerDefaults()
         out = []
         for body in self.services.values():
             msvc = parse_mailservice(body)
             if msvc is not None and not body.get("metadata", {}).get("deletionTimestamp"):
+                msvc = children.with_defaults(msvc, defaults)
                 out.append(conflicts.claimant(msvc, created(body)))
         return out
 
@@ -79,7 +86,9 @@ class World:
 
     def contenders(self, body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """Other MailServices that may gain or lose an address when `body` changes or goes:
-        those claiming one of its addresses, and those already reporting a conflict."""
+        those claiming one of its addresses, and those already reporting a conflict. Read
+        without the cluster-wide defaults: a ClusterIP default only removes claims, so this
+        errs towards reconciling one MailService too many."""
         me = parse_mailservice(body)
         mine = conflicts.claims(me.spec) if me is not None else frozenset()
         key = _key(body)
@@ -147,6 +156,8 @@ class Context:
     # The status this operator last wrote, by object. It is the only writer of status, and
     # the bodies in its indices can lag behind its own writes by an event.
     written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # The last backend probe of each running MailService.
+    probes: dict[Key, probe.Result] = dataclasses.field(default_factory=dict)
 
     async def write_status(
         self, kind: str, path: str, key: Key, old: Mapping[str, Any], new: Mapping[str, Any]
@@ -161,6 +172,26 @@ class Context:
 
     def forget(self, kind: str, key: Key) -> None:
         self.written.pop((kind, *key), None)
+        if kind == "MailService":
+            self.probes.pop(key, None)
+
+    async def backend_error(
+        self, key: Key, built: children.Children, *, fresh: bool = False
+    ) -> str | None:
+        """Why the backend of a running MailService cannot be reached, or None. A probe
+        younger than the probe period is reused unless `fresh`; a stopped service (no
+        replicas) is not probed."""
+        period = self.settings.backend_probe_seconds
+        if period <= 0 or built.deployment["spec"]["replicas"] == 0:
+            self.probes.pop(key, None)
+            return None
+        backend = built.rendered.service.backend
+        target = probe.Target(backend.host, backend.port, backend.proxy_protocol)
+        last = self.probes.get(key)
+        if fresh or last is None or not last.fresh(target, period):
+            last = await probe.check(target, self.settings.backend_probe_timeout)
+            self.probes[key] = last
+        return last.error
 
 
 async def mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
@@ -199,8 +230,9 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
         raise InvalidSpec(message) from None
 
     namespace = msvc.metadata.namespace
+    msvc = children.with_defaults(msvc, ctx.settings.listener_defaults)
     me = conflicts.claimant(msvc, created(body))
-    lost = conflicts.lost(me, world.claimants())
+    lost = conflicts.lost(me, world.claimants(ctx.settings.listener_defaults))
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
 
     async def owner_alive() -> bool:
@@ -248,7 +280,8 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
         metrics.WRITES.labels("Service", "deleted").inc()
         await events.post(ctx.api, body, "Normal", "Deleted", f"deleted Service {name}")
 
-    facts = status_mod.facts(msvc, built, lost, live_deployment)
+    backend_error = await ctx.backend_error(_key(body), built)
+    facts = status_mod.facts(msvc, built, lost, live_deployment, backend_error=backend_error)
     new = status_mod.mailservice(msvc, built, facts, old_status, timestamp=stamp)
     await ctx.write_status("MailService", path, _key(body), old_status, new)
     await _announce(ctx, body, built, old_status, new, new_generation)
@@ -273,6 +306,11 @@ async def _announce(
     stalled = conditions.get(new["conditions"], "Stalled") or {}
     if stalled.get("status") == "True" and old_ready.get("reason") != ready.get("reason"):
         await events.post(ctx.api, body, "Warning", str(ready["reason"]), str(ready["message"]))
+    unreachable = conditions.Reason.BACKEND_UNREACHABLE
+    if old_ready.get("reason") == unreachable and ready.get("reason") != unreachable:
+        await events.post(
+            ctx.api, body, "Normal", conditions.Reason.BACKEND_REACHABLE, "the backend answers"
+        )
     if new_generation:
         for warning in built.warnings:
             await events.post(ctx.api, body, "Warning", warning.reason, warning.message)
@@ -304,6 +342,30 @@ async def ip_address_group(ctx: Context, body: Mapping[str, Any], world: World) 
                     key[1], world.group_specs(key[0]), generation, old, timestamp=stamp
                 )
             await ctx.write_status("IPAddressGroup", path, key, old, new)
+
+
+async def probe_backend(ctx: Context, key: Key, world: World) -> bool:
+    """Probe one MailService's backend afresh (the periodic probe); True when the answer
+    differs from the last one, and the MailService was reconciled to say so."""
+    if key not in world.services:
+        return False
+    body = world.services[key]
+    msvc = parse_mailservice(body)
+    if msvc is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    msvc = children.with_defaults(msvc, ctx.settings.listener_defaults)
+    built = children.build(msvc, world.group_specs(key[0]), settings=ctx.settings)
+    before = ctx.probes.get(key)
+    error = await ctx.backend_error(key, built, fresh=True)
+    after = ctx.probes.get(key)
+    if after is None:
+        return False  # not probed: stopped
+    if before is None and error is None:
+        return False  # first probe, and all is well: nothing to say
+    if before is not None and (before.target, before.error) == (after.target, error):
+        return False
+    await mailservice(ctx, body, world)
+    return True
 
 
 def world_of(services: Mapping[Key, Any], groups_: Mapping[Key, Any]) -> World:

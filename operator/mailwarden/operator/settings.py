@@ -1,12 +1,23 @@
-"""What the operator itself is configured with (image, namespaces): environment variables set
-by the Helm chart, with defaults that work for `mailwarden render`."""
+"""What the operator itself is configured with (image, namespaces, defaults for every
+MailService's listener pods): environment variables set by the Helm chart, with defaults that
+work for `mailwarden render`. A bad value is refused at start-up with a message naming the
+variable and the field, never carried into the children."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from collections.abc import Mapping
 from importlib import metadata
+from typing import Any, Literal
+
+import pydantic
+from pydantic import Field
+from pydantic.alias_generators import to_camel
+
+from mailwarden.operator import manifests, naming
 
 
 def _version() -> str:
@@ -16,11 +27,150 @@ def _version() -> str:
         return "latest"
 
 
+LISTENER_IMAGE_REPOSITORY = "mailwarden-listener"
+
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+PULL_POLICIES: dict[str, PullPolicy] = {p: p for p in ("Always", "IfNotPresent", "Never")}
+# Kubernetes resource quantities (k8s.io/apimachinery resource.Quantity), as the chart's
+# values.schema.json spells them.
+QUANTITY = re.compile(
+    r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i?|[mkMGTPE]|[munpf])?$"
+)
+# A qualified name with an optional DNS-subdomain prefix, as label and annotation keys are.
+QUALIFIED_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# Pod labels the operator sets itself (the Deployment's selector among them): not defaults.
+RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "mailwarden.io/")
+
+
+class SettingsError(ValueError):
+    """An environment variable of the operator has a value it cannot work with."""
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+    )
+
+
+def _keys(values: Mapping[str, str], what: str) -> Mapping[str, str]:
+    for key in values:
+        if not QUALIFIED_KEY.match(key) or len(key) > 317:
+            raise ValueError(f"{key!r} is not a valid {what} key")
+    return values
+
+
+class Resources(_Model):
+    requests: dict[str, str | int | float] = Field(default_factory=dict)
+    limits: dict[str, str | int | float] = Field(default_factory=dict)
+    claims: list[dict[str, str]] = Field(default_factory=list)
+
+    @pydantic.field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, v: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        for name, quantity in v.items():
+            if isinstance(quantity, bool) or not QUANTITY.match(str(quantity)):
+                raise ValueError(f"{name}: {quantity!r} is not a Kubernetes quantity (50m, 64Mi)")
+        return v
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = None
+    toleration_seconds: int | None = None
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1, max_length=253)
+
+
+class ExposeDefaults(_Model):
+    type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
+    external_traffic_policy: Literal["Local", "Cluster"] = "Local"
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @pydantic.field_validator("annotations")
+    @classmethod
+    def _annotation_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        return dict(_keys(v, "annotation"))
+
+
+class ListenerDefaults(_Model):
+    """MAILWARDEN_LISTENER_DEFAULTS (the chart's `listener.defaults`, JSON): what every
+    MailService's listener pods and Services get unless the MailService says otherwise."""
+
+    resources: Resources | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    priority_class_name: str = Field(default="", max_length=253)
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    expose: ExposeDefaults = Field(default_factory=ExposeDefaults)
+    image_pull_policy: PullPolicy | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+
+    @pydantic.field_validator("node_selector", "pod_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in _keys(v, "label").items():
+            if not LABEL_VALUE.match(value):
+                raise ValueError(f"{key}: {value!r} is not a valid label value")
+        return v
+
+    @pydantic.field_validator("pod_labels")
+    @classmethod
+    def _not_the_operator_s(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.startswith(RESERVED_LABEL_PREFIXES) or key == naming.LABEL_MAILSERVICE:
+                raise ValueError(
+                    f"{key} is set by the operator on every listener pod (the Deployment's "
+                    "selector depends on these labels); choose another key"
+                )
+        return v
+
+    @pydantic.field_validator("pod_annotations")
+    @classmethod
+    def _annotation_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        return dict(_keys(v, "annotation"))
+
+    @pydantic.field_validator("affinity")
+    @classmethod
+    def _affinity_kinds(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(v) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+        if unknown:
+            raise ValueError(
+                f"unknown affinity {', '.join(sorted(unknown))} (nodeAffinity, podAffinity, "
+                "podAntiAffinity)"
+            )
+        return v
+
+    @property
+    def resources_dict(self) -> dict[str, Any] | None:
+        if self.resources is None:
+            return None
+        out = self.resources.model_dump(by_alias=True, exclude_defaults=True)
+        return out or None
+
+    def tolerations_list(self) -> list[dict[str, Any]]:
+        return [t.model_dump(by_alias=True, exclude_none=True) for t in self.tolerations]
+
+    def pull_secrets_list(self) -> list[dict[str, Any]]:
+        return [s.model_dump(by_alias=True) for s in self.image_pull_secrets]
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    # The listener image: the same `mailwarden` image the operator runs from.
-    image: str = f"ghcr.io/mailwarden/mailwarden:{_version()}"
-    image_pull_policy: str = "IfNotPresent"
+    # The listener image (Dockerfile target `listener`), of this release. The Helm chart passes
+    # its `listener.image` (registry and all) in MAILWARDEN_LISTENER_IMAGE; this default names
+    # the image as the chart and the Dockerfile do, without a registry.
+    image: str = f"{LISTENER_IMAGE_REPOSITORY}:{_version()}"
+    image_pull_policy: PullPolicy = "IfNotPresent"
     # Prometheus scrapes the listeners' metrics port from this namespace.
     monitoring_namespace: str = "monitoring"
     metrics_port: int = 9090
@@ -28,14 +178,70 @@ class Settings:
     termination_margin_seconds: int = 10
     # UID/GID the listener runs as (the image's non-root user).
     run_as_user: int = 65532
+    listener_defaults: ListenerDefaults = dataclasses.field(default_factory=ListenerDefaults)
+    # How often every running MailService's backend is probed (a TCP connect), and how long a
+    # probe may take. 0 seconds: no probes (BackendUnreachable is never reported).
+    backend_probe_seconds: float = 60.0
+    backend_probe_timeout: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Raises SettingsError, naming the variable, for a value the operator cannot use."""
         env = os.environ if env is None else env
         default = cls()
+        defaults = _listener_defaults(env.get("MAILWARDEN_LISTENER_DEFAULTS", ""))
+        # The explicit variable wins over the policy inside the defaults (the chart sets both
+        # from the same value).
+        policy = env.get("MAILWARDEN_LISTENER_IMAGE_PULL_POLICY") or defaults.image_pull_policy
+        if policy is None:
+            policy = default.image_pull_policy
+        if policy not in PULL_POLICIES:
+            raise SettingsError(
+                f"MAILWARDEN_LISTENER_IMAGE_PULL_POLICY: {policy!r} is not one of Always, "
+                "IfNotPresent, Never"
+            )
+        uid = env.get("MAILWARDEN_LISTENER_UID", str(default.run_as_user))
+        if not uid.isdigit() or not 0 < int(uid) < 2**31:
+            raise SettingsError(f"MAILWARDEN_LISTENER_UID: {uid!r} is not a non-root uid")
+        image = env.get("MAILWARDEN_LISTENER_IMAGE") or default.image
+        every = _seconds(env, "MAILWARDEN_BACKEND_PROBE_SECONDS", default.backend_probe_seconds)
+        timeout = _seconds(env, "MAILWARDEN_BACKEND_PROBE_TIMEOUT", default.backend_probe_timeout)
+        if not 0 < timeout <= 30:
+            raise SettingsError(
+                f"MAILWARDEN_BACKEND_PROBE_TIMEOUT: {timeout:g} is not between 0 and 30 seconds"
+            )
         return cls(
-            image=env.get("MAILWARDEN_LISTENER_IMAGE", default.image),
-            image_pull_policy=env.get("MAILWARDEN_LISTENER_IMAGE_PULL_POLICY", "IfNotPresent"),
-            monitoring_namespace=env.get("MAILWARDEN_MONITORING_NAMESPACE", "monitoring"),
-            run_as_user=int(env.get("MAILWARDEN_LISTENER_UID", str(default.run_as_user))),
+            image=image,
+            image_pull_policy=PULL_POLICIES[policy],
+            monitoring_namespace=env.get("MAILWARDEN_MONITORING_NAMESPACE") or "monitoring",
+            run_as_user=int(uid),
+            listener_defaults=defaults,
+            backend_probe_seconds=every,
+            backend_probe_timeout=timeout,
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 86400:
+        raise SettingsError(f"{name}: {text!r} is not a number of seconds")
+    return value
+
+
+def _listener_defaults(text: str) -> ListenerDefaults:
+    if not text.strip():
+        return ListenerDefaults()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"MAILWARDEN_LISTENER_DEFAULTS: not JSON: {exc}") from None
+    try:
+        return ListenerDefaults.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise SettingsError(f"MAILWARDEN_LISTENER_DEFAULTS: {manifests.explain(exc)}") from None

@@ -28,6 +28,10 @@ class Facts:
     available_replicas: int = 0
     updated_replicas: int = 0
     rollout_observed: bool = False
+    # The backend probe: host:port, and why it could not be reached (None: reachable, or
+    # not probed, as for a stopped service).
+    backend: str = ""
+    backend_error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,17 @@ def stopped(f: Facts) -> Verdict | None:
     return Verdict(Reason.STOPPED, "the service is stopped")
 
 
+def backend_unreachable(f: Facts) -> Verdict | None:
+    if f.backend_error is None:
+        return None
+    return Verdict(
+        Reason.BACKEND_UNREACHABLE,
+        f"backend {f.backend} unreachable: {f.backend_error}; sessions cannot be relayed until "
+        "it answers",
+        stalled=True,
+    )
+
+
 def starting(f: Facts) -> Verdict | None:
     if (
         f.rollout_observed
@@ -97,7 +112,14 @@ def starting(f: Facts) -> Verdict | None:
     )
 
 
-CHECKS: tuple[Check, ...] = (group_not_found, group_cycle, listen_conflict, stopped, starting)
+CHECKS: tuple[Check, ...] = (
+    group_not_found,
+    group_cycle,
+    listen_conflict,
+    stopped,
+    backend_unreachable,
+    starting,
+)
 
 
 def verdict(f: Facts, checks: Sequence[Check] = CHECKS) -> Verdict | None:
@@ -121,6 +143,8 @@ def facts(
     built: children.Children,
     lost: Mapping[conflicts.Claim, conflicts.Claimant],
     deployment: Mapping[str, Any] | None,
+    *,
+    backend_error: str | None = None,
 ) -> Facts:
     replicas = int(built.deployment["spec"]["replicas"])
     dstatus: Mapping[str, Any] = (deployment or {}).get("status") or {}
@@ -140,6 +164,8 @@ def facts(
             and observed is not None
             and int(observed) >= int(dmeta.get("generation") or 0)
         ),
+        backend=endpoint(built.rendered.service.backend.host, built.rendered.service.backend.port),
+        backend_error=backend_error,
     )
 
 

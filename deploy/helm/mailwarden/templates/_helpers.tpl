@@ -97,25 +97,41 @@ app.kubernetes.io/managed-by: mailwarden-operator
 {{- end -}}
 
 {{/*
-  What the operator does in the namespaces it watches. Exact verbs only; status subresources
-  in their own rule; mailservices/scale is served by the API server itself.
+  What the operator does in the namespaces it watches: exactly the requests it makes, no more
+  (tests/operator/test_rbac.py runs the operator and compares). kopf lists and watches the
+  resources it handles and keeps its progress in annotations (patch); the operator reads its
+  MailServices, writes both statuses, and creates, reads, corrects (patch) and, for Services,
+  deletes the children. No update or delete of anything else, no wildcards.
 */}}
 {{- define "mailwarden.namespacedRules" -}}
 - apiGroups: [mailwarden.io]
-  resources: [mailservices, ipaddressgroups]
-  verbs: [get, list, watch, patch, update]
+  resources: [mailservices]
+  verbs: [get, list, watch, patch]
+- apiGroups: [mailwarden.io]
+  resources: [ipaddressgroups]
+  verbs: [list, watch]
 - apiGroups: [mailwarden.io]
   resources: [mailservices/status, ipaddressgroups/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
+# The children's ownerReferences set blockOwnerDeletion, which the API server's
+# OwnerReferencesPermissionEnforcement admission allows only with update on the owner's
+# finalizers.
+- apiGroups: [mailwarden.io]
+  resources: [mailservices/finalizers]
+  verbs: [update]
 - apiGroups: [""]
-  resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch, update, delete]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch]
+# One Service per listen address: a dropped address's Service is deleted.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch]
 # Listener pods: a configuration change annotates them so that the kubelet refreshes the
 # mounted ConfigMap at once (nothing restarts).
 - apiGroups: [""]
@@ -123,8 +139,5 @@ app.kubernetes.io/managed-by: mailwarden-operator
   verbs: [list, patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
