@@ -224,3 +224,20 @@ def test_the_operator_application_s_helm_values_pass_the_chart_s_schema(
     assert env["MAILWARDEN_LISTENER_IMAGE"].startswith(
         "registry.example.com/mail/mailwarden-listener:"
     )
+
+
+def test_the_mailservice_health_check_degrades_on_exactly_the_operators_failure_reasons():
+    import re
+
+    from mailwarden.operator.conditions import Reason
+
+    script = (ARGOCD / "health" / "mailwarden.io" / "MailService" / "health.lua").read_text()
+    table = script.split("local FAILURES = {", 1)[1].split("}", 1)[0]
+    listed = set(re.findall(r"(\w+) = true", table))
+    assert listed == {
+        Reason.INVALID_SPEC,
+        Reason.GROUP_NOT_FOUND,
+        Reason.GROUP_CYCLE,
+        Reason.LISTEN_CONFLICT,
+        Reason.BACKEND_UNREACHABLE,
+    }

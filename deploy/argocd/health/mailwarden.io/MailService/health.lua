@@ -9,14 +9,13 @@
 --   Progressing: anything else (not yet observed, reconciling, starting).
 -- Lua 5.1 subset (Argo CD runs gopher-lua).
 local hs = {}
+-- The operator's Ready=False reasons that need an administrator (conditions.Reason).
 local FAILURES = {
+  InvalidSpec = true,
   IPAddressGroupNotFound = true,
-  IPAddressGroupInvalid = true,
+  IPAddressGroupCycle = true,
   ListenConflict = true,
   BackendUnreachable = true,
-  InvalidSpec = true,
-  TLSSecretNotFound = true,
-  TLSSecretInvalid = true,
 }
 
 local function describe(c, fallback)
