@@ -478,8 +478,11 @@ class EmulatorThread:
     """The emulator served over real HTTP on 127.0.0.1 from its own thread and event loop, so
     that blocking test code and the operator's own loop can both talk to it."""
 
-    def __init__(self, *, deployment_controller: bool = True) -> None:
+    def __init__(
+        self, *, deployment_controller: bool = True, emulator_class: type[Emulator] = Emulator
+    ) -> None:
         self.emulator: Emulator | None = None
+        self._emulator_class = emulator_class
         self.url = ""
         self._deployment_controller = deployment_controller
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -509,7 +512,9 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        emulator = Emulator(deployment_controller=self._deployment_controller, crds=load_crds())
+        emulator = self._emulator_class(
+            deployment_controller=self._deployment_controller, crds=load_crds()
+        )
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         async with emulator, kmock.Server(emulator) as server:
