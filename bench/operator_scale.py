@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp.web
 import httpx
+import kmock
 import yaml
 from kmock._internal import rendering
 
@@ -256,7 +257,6 @@ def _state(emulator: Emulator) -> dict[str, Any]:
     ready: set[tuple[str, str]] = set()
     services: set[tuple[str, str]] = set()
     kids: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
-    bodies: dict[tuple[str, str, str], dict[str, Any]] = {}
     for (res, ns, name), obj in list(emulator._objects.items()):
         plural = str(res.plural)
         kind = KIND_OF_PLURAL.get(plural)
@@ -278,23 +278,32 @@ def _state(emulator: Emulator) -> dict[str, Any]:
         owner = ((raw.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_MAILSERVICE)
         if owner:
             kids[(ns, owner)].add(kind)
-            if kind in ("ConfigMap", "NetworkPolicy"):
-                bodies[(kind, ns, owner)] = raw
     complete = {k for k in services if kids.get(k, set()) >= set(CHILD_KINDS)}
-    return {"services": services, "ready": ready, "complete": complete, "bodies": bodies}
+    return {"services": services, "ready": ready, "complete": complete}
 
 
 async def _snapshot(emulator: Emulator) -> dict[str, Any]:
     return _state(emulator)
 
 
-def _carries(bodies: dict[tuple[str, str, str], dict[str, Any]], users: list[str]) -> int:
-    """How many of `users` have the new address in both their ConfigMap and NetworkPolicy."""
+CONFIGMAPS = kmock.resource("v1/configmaps")
+NETWORKPOLICIES = kmock.resource("networking.k8s.io/v1/networkpolicies")
+
+
+def _raw(emulator: Emulator, key: Any) -> dict[str, Any] | None:
+    if key not in emulator._objects or emulator._objects[key].deleted:
+        return None
+    return emulator._objects[key].raw
+
+
+async def _carries(emulator: Emulator, users: list[str]) -> int:
+    """How many of `users` have the new address in both their ConfigMap and NetworkPolicy
+    (by key: cheap enough to ask often without slowing the emulator)."""
     done = 0
     for user in users:
         ns, name = user.split("/")
-        cm = bodies.get(("ConfigMap", ns, name))
-        np = bodies.get(("NetworkPolicy", ns, name))
+        cm = _raw(emulator, (CONFIGMAPS, ns, naming.base(name)))
+        np = _raw(emulator, (NETWORKPOLICIES, ns, naming.base(name)))
         if cm is None or np is None:
             continue
         if NEW_CIDR in json.dumps(cm.get("data")) and NEW_CIDR in json.dumps(np.get("spec")):
@@ -419,7 +428,8 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"steady state not reached: {ok}/{len(services)} ready")
-                time.sleep(0.2)
+                # A pass over the emulator's whole store holds its loop: not too often.
+                time.sleep(0.5)
             steady_s = time.monotonic() - t0
             say(f"steady state in {steady_s:.1f} s")
             quiet_at, residual = r.quiet(t0 + steady_s)
@@ -446,7 +456,7 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
             resp.raise_for_status()
             deadline = t1 + scale.timeout
             while True:
-                done = _carries(r.state()["bodies"], users)
+                done = et.call(_carries, r.emulator, users)
                 if done == len(users):
                     break
                 if time.monotonic() > deadline:
