@@ -126,6 +126,7 @@ async def mailservice_moved(
 ) -> None:
     if type == "DELETED":
         memo.ctx.forget("MailService", (body.metadata.namespace, body.metadata.name))
+        reconcile.forget_parsed((str(body.metadata.namespace), str(body.metadata.name)))
     if not _spec_changed(memo, "msvc", body, type):
         return
     world = reconcile.world_of(mailservices, ipaddressgroups)

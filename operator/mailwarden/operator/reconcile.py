@@ -87,11 +87,16 @@ class World:
         for other_key, other in self.services.items():
             if other_key == key:
                 continue
-            msvc = parse_mailservice(other)
-            theirs = conflicts.claims(msvc.spec) if msvc is not None else frozenset()
             ready = conditions.get((other.get("status") or {}).get("conditions") or [], "Ready")
             reason = ready.get("reason") if ready else None
-            if mine & theirs or reason == conditions.Reason.LISTEN_CONFLICT:
+            if reason == conditions.Reason.LISTEN_CONFLICT:
+                out.append(other)
+                continue
+            if not mine:
+                continue  # nothing of ours to share: parsing the other would not change it
+            msvc = parse_mailservice(other)
+            theirs = conflicts.claims(msvc.spec) if msvc is not None else frozenset()
+            if mine & theirs:
                 out.append(other)
         return out
 
@@ -105,11 +110,28 @@ def created(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("creationTimestamp") or "")
 
 
+# (namespace, name) -> (resourceVersion, parsed): conflicts need every MailService parsed,
+# for every reconciliation, and a body with the same resourceVersion parses the same.
+_parsed: dict[Key, tuple[str, models.MailService | None]] = {}
+
+
 def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
+    key = _key(body)
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    cached = _parsed.get(key)
+    if version and cached is not None and cached[0] == version:
+        return cached[1]
     try:
-        return models.MailService.model_validate(_plain(body))
+        msvc: models.MailService | None = models.MailService.model_validate(_plain(body))
     except pydantic.ValidationError:
-        return None
+        msvc = None
+    if version:
+        _parsed[key] = (str(version), msvc)
+    return msvc
+
+
+def forget_parsed(key: Key) -> None:
+    _parsed.pop(key, None)
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,7 +222,8 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
 
     namespace = msvc.metadata.namespace
     me = conflicts.claimant(msvc, created(body))
-    lost = conflicts.lost(me, world.claimants())
+    # Only fixed addresses can be lost; without one, no other MailService matters.
+    lost = conflicts.lost(me, world.claimants()) if me.claims else {}
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
 
     async def owner_alive() -> bool:
