@@ -178,6 +178,10 @@ async def child_changed(
 ) -> None:
     if type is None:
         return  # the initial listing: the MailServices' own resume handlers cover it
+    if type == "DELETED":
+        memo.ctx.forget_child(body)
+    elif memo.ctx.already_seen(body):
+        return  # the echo of a version a finished reconciliation already worked from
     world = reconcile.world_of(mailservices, ipaddressgroups)
     owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
     if owner is None:

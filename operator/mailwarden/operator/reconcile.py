@@ -184,6 +184,23 @@ class Context:
     def forget(self, kind: str, key: Key) -> None:
         self.written.pop((kind, *key), None)
 
+    # (kind, namespace, name) -> the resourceVersion of a child as a reconciliation of its
+    # MailService last saw or wrote it (dropped again if that reconciliation fails). A watch
+    # event carrying that very version is the echo of the operator's own work and needs no
+    # reconciliation; any other version (an edit by hand, a rollout, a deletion) still gets one.
+    seen_children: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
+
+    def already_seen(self, child: Mapping[str, Any]) -> bool:
+        meta = child.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        key = (str(child.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        return version is not None and self.seen_children.get(key) == version
+
+    def forget_child(self, child: Mapping[str, Any]) -> None:
+        meta = child.get("metadata") or {}
+        key = (str(child.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        self.seen_children.pop(key, None)
+
 
 async def mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
     key = _key(body)
@@ -225,6 +242,31 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
     # Only fixed addresses can be lost; without one, no other MailService matters.
     lost = conflicts.lost(me, world.claimants()) if me.claims else {}
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
+    seen: dict[tuple[str, str, str], str] = {}
+    try:
+        await _apply_children(ctx, body, msvc, built, lost, old_status, new_generation, seen)
+    except BaseException:
+        # The next event of these children must reconcile again: this one did not finish.
+        for key, version in seen.items():
+            if ctx.seen_children.get(key) == version:
+                del ctx.seen_children[key]
+        raise
+
+
+async def _apply_children(
+    ctx: Context,
+    body: Mapping[str, Any],
+    msvc: models.MailService,
+    built: children.Children,
+    lost: dict[conflicts.Claim, conflicts.Claimant],
+    old_status: Mapping[str, Any],
+    new_generation: bool,
+    seen: dict[tuple[str, str, str], str],
+) -> None:
+    meta = body.get("metadata") or {}
+    namespace = msvc.metadata.namespace
+    path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
+    stamp = conditions.now()
 
     async def owner_alive() -> bool:
         live = await ctx.api.get(path)
@@ -241,6 +283,11 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
         except apply.OwnerGone:
             logger.info("%s/%s is gone; not recreating its children", *_key(body))
             return
+        version = (live.get("metadata") or {}).get("resourceVersion")
+        if version is not None:
+            # At once, not at the end: the echo of a write usually arrives before the end.
+            key = (child["kind"], namespace, child["metadata"]["name"])
+            seen[key] = ctx.seen_children[key] = str(version)
         if child["kind"] == "Deployment":
             live_deployment = live
         if action != "unchanged":
