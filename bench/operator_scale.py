@@ -185,7 +185,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def operator_process(url: str, workdir: pathlib.Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def operator_process(
+    url: str, workdir: pathlib.Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -318,6 +320,8 @@ async def _carries(emulator: Emulator, users: list[str]) -> int:
 class Phase:
     name: str
     seconds: float
+    reached: int  # MailServices that got there (all of them unless the phase timed out)
+    goal: int
     reconciles: int
     requests: collections.Counter[tuple[str, str]]
     quiet_after_s: float | None
@@ -365,7 +369,9 @@ class Run:
         with self.emulator.count_lock:
             return sum(1 for s in self.emulator.stamps if s >= t)
 
-    def quiet(self, since: float, window: float = 2.0, limit: float = 30.0) -> tuple[float | None, float]:
+    def quiet(
+        self, since: float, window: float = 2.0, limit: float = 30.0
+    ) -> tuple[float | None, float]:
         """Seconds from `since` until the operator's last request before a `window` of
         silence, and the request rate over the following window (None: never quiet)."""
         deadline = time.monotonic() + limit
@@ -408,9 +414,10 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
 
     et = EmulatorThread(emulator_class=CountingEmulator).start()
     try:
-        with tempfile.TemporaryDirectory(prefix="opscale-") as tmp, operator_process(
-            et.url, pathlib.Path(tmp)
-        ) as (proc, metrics_port):
+        with (
+            tempfile.TemporaryDirectory(prefix="opscale-") as tmp,
+            operator_process(et.url, pathlib.Path(tmp)) as (proc, metrics_port),
+        ):
             r = Run(et)
             rss_idle, _ = rss_mib(proc.pid)
             base_counts, base_rec = r.counts(), reconciles(metrics_port)
@@ -424,18 +431,18 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
             while True:
                 st = r.state()
                 ok = len(st["ready"] & st["complete"])
-                if ok == len(services):
+                if ok == len(services) or time.monotonic() > deadline:
                     break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"steady state not reached: {ok}/{len(services)} ready")
                 # A pass over the emulator's whole store holds its loop: not too often.
                 time.sleep(0.5)
             steady_s = time.monotonic() - t0
-            say(f"steady state in {steady_s:.1f} s")
+            say(f"steady state: {ok}/{len(services)} in {steady_s:.1f} s")
             quiet_at, residual = r.quiet(t0 + steady_s)
             steady = Phase(
                 "steady state",
                 steady_s,
+                ok,
+                len(services),
                 reconciles(metrics_port) - base_rec,
                 r.counts() - base_counts,
                 quiet_at,
@@ -457,17 +464,17 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
             deadline = t1 + scale.timeout
             while True:
                 done = et.call(_carries, r.emulator, users)
-                if done == len(users):
+                if done == len(users) or time.monotonic() > deadline:
                     break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"fan-out incomplete: {done}/{len(users)}")
                 time.sleep(0.05)
             fanout_s = time.monotonic() - t1
-            say(f"fan-out to {len(users)} MailServices in {fanout_s:.2f} s")
+            say(f"fan-out: {done}/{len(users)} MailServices in {fanout_s:.2f} s")
             quiet_at, residual = r.quiet(t1 + fanout_s)
             fanout = Phase(
                 "group fan-out",
                 fanout_s,
+                done,
+                len(users),
                 reconciles(metrics_port) - base_rec,
                 r.counts() - base_counts,
                 quiet_at,
@@ -500,11 +507,18 @@ def report(res: Result) -> str:
         lines.append(f"{name:<52}{value:>14}{target:>12}  {mark}")
 
     full = s == FULL
-    row("steady state: create -> all Ready, children present", f"{res.steady.seconds:.1f} s",
-        "< 60 s", res.steady.seconds < TARGETS["steady_s"] if full else None)  # fmt: skip
-    row(f"group change reaches {res.users} ConfigMaps+NetworkPolicies",
-        f"{res.fanout.seconds:.2f} s", "< 5 s",
-        res.fanout.seconds < TARGETS["fanout_s"] if full else None)  # fmt: skip
+
+    def took(ph: Phase, fmt: str) -> str:
+        if ph.reached == ph.goal:
+            return format(ph.seconds, fmt) + " s"
+        return f"{ph.reached}/{ph.goal} in {ph.seconds:.0f} s"
+
+    steady_ok = res.steady.reached == res.steady.goal and res.steady.seconds < TARGETS["steady_s"]
+    fanout_ok = res.fanout.reached == res.fanout.goal and res.fanout.seconds < TARGETS["fanout_s"]
+    row("steady state: create -> all Ready, children present", took(res.steady, ".1f"),
+        "< 60 s", steady_ok if full else None)  # fmt: skip
+    row(f"group change reaches {res.users} ConfigMaps+NetworkPolicies", took(res.fanout, ".2f"),
+        "< 5 s", fanout_ok if full else None)  # fmt: skip
     for ph in (res.steady, res.fanout):
         per = ph.total / ph.reconciles if ph.reconciles else float("nan")
         row(f"{ph.name}: reconciles", str(ph.reconciles))

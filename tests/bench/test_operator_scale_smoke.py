@@ -14,6 +14,8 @@ def test_the_smoke_run_reaches_steady_state_fans_out_a_group_change_and_goes_qui
     res = operator_scale.run(operator_scale.SMOKE, progress=False)
     assert res.services == operator_scale.SMOKE.services
     assert res.users == operator_scale.SMOKE.shared_users
+    assert res.steady.reached == res.steady.goal == res.services
+    assert res.fanout.reached == res.fanout.goal == res.users
     assert res.steady.reconciles >= res.services
     assert res.fanout.reconciles >= res.users
     # Quiet after each phase: no request loops the operator feeds itself.
