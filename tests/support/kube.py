@@ -99,8 +99,9 @@ class Emulator(kmock.KubernetesEmulator):
     crds: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
-    # resource -> keys of its objects (as an ordered set): lists read one resource, not all.
-    _by_resource: dict[Any, dict[Any, None]] = attrs.field(factory=dict, init=False)
+    # resource -> namespace -> keys of its objects (as an ordered set): a list reads one
+    # resource in one namespace, not every object of every kind.
+    _by_resource: dict[Any, dict[Any, dict[Any, None]]] = attrs.field(factory=dict, init=False)
     _log: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(
         factory=lambda: collections.deque(maxlen=LOG_LIMIT), init=False
     )
@@ -152,18 +153,23 @@ class Emulator(kmock.KubernetesEmulator):
     def _store(self, key: Any, obj: dict[str, Any]) -> None:
         if key not in self._objects:
             self._objects[key] = obj
-            self._by_resource.setdefault(key[0], {})[key] = None
+            self._by_resource.setdefault(key[0], {}).setdefault(key[1], {})[key] = None
         else:
             self._objects[key].history.append(obj)
 
-    def _keys_of(self, resource: Any) -> list[Any]:
-        """The keys of one resource's objects, from an index of what _store added (rebuilt if
-        objects came in some other way, such as a test setting kmock's objects directly)."""
-        if sum(len(keys) for keys in self._by_resource.values()) != len(self._objects):
+    def _keys_of(self, resource: Any, namespace: str | None) -> list[Any]:
+        """The keys of one resource's objects (in one namespace, or all), from an index of
+        what _store added (rebuilt if objects came in some other way, such as a test setting
+        kmock's objects directly)."""
+        indexed = sum(len(k) for by_ns in self._by_resource.values() for k in by_ns.values())
+        if indexed != len(self._objects):
             self._by_resource = {}
             for key in self._objects:
-                self._by_resource.setdefault(key[0], {})[key] = None
-        return list(self._by_resource.get(resource, ()))
+                self._by_resource.setdefault(key[0], {}).setdefault(key[1], {})[key] = None
+        by_ns = self._by_resource.get(resource, {})
+        if namespace is not None:
+            return list(by_ns.get(namespace, ()))
+        return [key for keys in by_ns.values() for key in keys]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -342,7 +348,7 @@ class Emulator(kmock.KubernetesEmulator):
     def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
         selector = request.params.get("labelSelector", "")
         out = []
-        for key in self._keys_of(request.resource):
+        for key in self._keys_of(request.resource, request.namespace):
             res, ns, _ = key
             obj = self._objects[key]
             if res != request.resource or obj.deleted:
