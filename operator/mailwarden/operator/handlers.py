@@ -190,7 +190,7 @@ async def child_changed(
         # The garbage collector at work after the owner went (its deletion may not have
         # reached the index yet): nothing to put back.
         return
-    await _fan_out(memo.ctx, world, [owner])
+    await _quietly(reconcile.mailservice(memo.ctx, owner, world, unless_seen=body))
 
 
 # -- helpers --------------------------------------------------------------------------------

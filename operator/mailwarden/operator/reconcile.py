@@ -202,9 +202,19 @@ class Context:
         self.seen_children.pop(key, None)
 
 
-async def mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
+async def mailservice(
+    ctx: Context,
+    body: Mapping[str, Any],
+    world: World,
+    *,
+    unless_seen: Mapping[str, Any] | None = None,
+) -> None:
+    """unless_seen: the child whose event asked for this; if a reconciliation that ran while
+    this one waited for the lock already saw that version of it, there is nothing to do."""
     key = _key(body)
     async with ctx.locks(key):
+        if unless_seen is not None and ctx.already_seen(unless_seen):
+            return
         # The index may hold a newer body than the one a handler was called with, or none
         # when the MailService went away while this waited for its turn.
         if key not in world.services:
@@ -268,13 +278,18 @@ async def _apply_children(
     path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
     stamp = conditions.now()
 
+    alive: list[bool] = []
+
     async def owner_alive() -> bool:
+        if alive:
+            return alive[0]  # asked once per reconciliation, not once per missing child
         live = await ctx.api.get(path)
-        return (
+        alive.append(
             live is not None
             and live["metadata"].get("uid") == meta.get("uid")
             and not live["metadata"].get("deletionTimestamp")
         )
+        return alive[0]
 
     live_deployment: dict[str, Any] | None = None
     for child in built.all:
