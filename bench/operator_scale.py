@@ -482,7 +482,7 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
                 time.sleep(0.05)
             fanout_s = time.monotonic() - t1
             say(f"fan-out: {done}/{len(users)} MailServices in {fanout_s:.2f} s")
-            quiet_at, residual = r.quiet(t1 + fanout_s)
+            quiet_at, residual = r.quiet(t1 + fanout_s, limit=60.0)
             fanout = Phase(
                 "group fan-out",
                 fanout_s,
