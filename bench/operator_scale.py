@@ -159,8 +159,8 @@ def plan(scale: Scale) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list
     for i in range(rest):
         ns = others[i % len(others)] if others else big
         choices = per_ns_groups.get(ns) or []
-        allow = choices[i % len(choices)] if choices and i % 4 else None
-        services.append(_mailservice(ns, f"s{i:04d}", allow))
+        chosen = choices[i % len(choices)] if choices and i % 4 else None
+        services.append(_mailservice(ns, f"s{i:04d}", chosen))
     return groups, services, users
 
 
@@ -263,9 +263,9 @@ def reconciles(metrics_port: int) -> int:
 def _state(emulator: Emulator) -> dict[str, Any]:
     """One pass over the emulator's store (on its own loop): MailServices Ready, and which
     child kinds each MailService has."""
-    ready: set[tuple[str, str]] = set()
-    services: set[tuple[str, str]] = set()
-    kids: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    ready: set[tuple[str | None, str]] = set()
+    services: set[tuple[str | None, str]] = set()
+    kids: dict[tuple[str | None, str], set[str]] = collections.defaultdict(set)
     for (res, ns, name), obj in list(emulator._objects.items()):
         plural = str(res.plural)
         kind = KIND_OF_PLURAL.get(plural)
@@ -302,7 +302,8 @@ NETWORKPOLICIES = kmock.resource("networking.k8s.io/v1/networkpolicies")
 def _raw(emulator: Emulator, key: Any) -> dict[str, Any] | None:
     if key not in emulator._objects or emulator._objects[key].deleted:
         return None
-    return emulator._objects[key].raw
+    raw: dict[str, Any] = emulator._objects[key].raw
+    return raw
 
 
 async def _carries(emulator: Emulator, users: list[str]) -> int:
