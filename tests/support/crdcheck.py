@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,7 +114,28 @@ _ENV = celpy.Environment()
 _PROGRAMS: dict[str, Any] = {}
 
 
+# (expression, activation as JSON) -> result. Interpreted CEL costs milliseconds a rule, and
+# every write re-runs every rule on a mostly unchanged object (status writes, annotations):
+# at a thousand MailServices that made admission most of the emulator's time.
+_RESULTS: dict[tuple[str, str], Any] = {}
+_RESULTS_LIMIT = 50_000
+
+
 def evaluate(expression: str, activation: dict[str, Any]) -> Any:
+    try:
+        key = (expression, json.dumps(activation, sort_keys=True))
+    except (TypeError, ValueError):
+        return _evaluate(expression, activation)
+    if key in _RESULTS:
+        return _RESULTS[key]
+    result = _evaluate(expression, activation)
+    if len(_RESULTS) >= _RESULTS_LIMIT:
+        _RESULTS.clear()
+    _RESULTS[key] = result
+    return result
+
+
+def _evaluate(expression: str, activation: dict[str, Any]) -> Any:
     program = _PROGRAMS.get(expression)
     if program is None:
         program = _PROGRAMS[expression] = _ENV.program(_ENV.compile(expression))

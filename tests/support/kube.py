@@ -106,6 +106,9 @@ class Emulator(kmock.KubernetesEmulator):
     blocking_owners: set[tuple[str, str, str]] = attrs.field(factory=set)
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
+    # resource -> namespace -> keys of its objects (as an ordered set): a list reads one
+    # resource in one namespace, not every object of every kind.
+    _by_resource: dict[Any, dict[Any, dict[Any, None]]] = attrs.field(factory=dict, init=False)
     _log: collections.deque[tuple[int, Any, dict[str, Any]]] = attrs.field(
         factory=lambda: collections.deque(maxlen=LOG_LIMIT), init=False
     )
@@ -185,8 +188,23 @@ class Emulator(kmock.KubernetesEmulator):
     def _store(self, key: Any, obj: dict[str, Any]) -> None:
         if key not in self._objects:
             self._objects[key] = obj
+            self._by_resource.setdefault(key[0], {}).setdefault(key[1], {})[key] = None
         else:
             self._objects[key].history.append(obj)
+
+    def _keys_of(self, resource: Any, namespace: str | None) -> list[Any]:
+        """The keys of one resource's objects (in one namespace, or all), from an index of
+        what _store added (rebuilt if objects came in some other way, such as a test setting
+        kmock's objects directly)."""
+        indexed = sum(len(k) for by_ns in self._by_resource.values() for k in by_ns.values())
+        if indexed != len(self._objects):
+            self._by_resource = {}
+            for key in self._objects:
+                self._by_resource.setdefault(key[0], {}).setdefault(key[1], {})[key] = None
+        by_ns = self._by_resource.get(resource, {})
+        if namespace is not None:
+            return list(by_ns.get(namespace, ()))
+        return [key for keys in by_ns.values() for key in keys]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -365,7 +383,9 @@ class Emulator(kmock.KubernetesEmulator):
     def _matching(self, request: rendering.Request) -> list[dict[str, Any]]:
         selector = request.params.get("labelSelector", "")
         out = []
-        for (res, ns, _), obj in self._objects.items():
+        for key in self._keys_of(request.resource, request.namespace):
+            res, ns, _ = key
+            obj = self._objects[key]
             if res != request.resource or obj.deleted:
                 continue
             if request.namespace is not None and ns != request.namespace:
@@ -375,6 +395,17 @@ class Emulator(kmock.KubernetesEmulator):
                 continue
             out.append(copy.deepcopy(raw))
         return out
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        # kmock finds a named object by scanning every object of every kind; a GET then costs
+        # as much as a list, which made the emulator the bottleneck at a thousand objects.
+        if request.resource is None or request.name is None:
+            return await super()._serve_fetch(request)
+        async with self._lock:
+            key = self._key(request)
+            if key not in self._objects or self._objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            return self._objects[key].raw
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         async with self._lock:
@@ -535,8 +566,11 @@ class EmulatorThread:
     """The emulator served over real HTTP on 127.0.0.1 from its own thread and event loop, so
     that blocking test code and the operator's own loop can both talk to it."""
 
-    def __init__(self, *, deployment_controller: bool = True) -> None:
+    def __init__(
+        self, *, deployment_controller: bool = True, emulator_class: type[Emulator] = Emulator
+    ) -> None:
         self.emulator: Emulator | None = None
+        self._emulator_class = emulator_class
         self.url = ""
         self._deployment_controller = deployment_controller
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -566,7 +600,9 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        emulator = Emulator(deployment_controller=self._deployment_controller, crds=load_crds())
+        emulator = self._emulator_class(
+            deployment_controller=self._deployment_controller, crds=load_crds()
+        )
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         async with emulator, kmock.Server(emulator) as server:

@@ -132,6 +132,7 @@ async def mailservice_moved(
 ) -> None:
     if type == "DELETED":
         memo.ctx.forget("MailService", (body.metadata.namespace, body.metadata.name))
+        reconcile.forget_parsed((str(body.metadata.namespace), str(body.metadata.name)))
     if not _spec_changed(memo, "msvc", body, type):
         return
     world = reconcile.world_of(mailservices, ipaddressgroups)
@@ -183,6 +184,10 @@ async def child_changed(
 ) -> None:
     if type is None:
         return  # the initial listing: the MailServices' own resume handlers cover it
+    if type == "DELETED":
+        memo.ctx.forget_child(body)
+    elif memo.ctx.already_seen(body):
+        return  # the echo of a version a finished reconciliation already worked from
     world = reconcile.world_of(mailservices, ipaddressgroups)
     owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
     if owner is None:
@@ -191,7 +196,7 @@ async def child_changed(
         # The garbage collector at work after the owner went (its deletion may not have
         # reached the index yet): nothing to put back.
         return
-    await _fan_out(memo.ctx, world, [owner])
+    await _quietly(reconcile.mailservice(memo.ctx, owner, world, unless_seen=body))
 
 
 # -- helpers --------------------------------------------------------------------------------

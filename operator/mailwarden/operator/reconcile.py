@@ -96,11 +96,16 @@ class World:
         for other_key, other in self.services.items():
             if other_key == key:
                 continue
-            msvc = parse_mailservice(other)
-            theirs = conflicts.claims(msvc.spec) if msvc is not None else frozenset()
             ready = conditions.get((other.get("status") or {}).get("conditions") or [], "Ready")
             reason = ready.get("reason") if ready else None
-            if mine & theirs or reason == conditions.Reason.LISTEN_CONFLICT:
+            if reason == conditions.Reason.LISTEN_CONFLICT:
+                out.append(other)
+                continue
+            if not mine:
+                continue  # nothing of ours to share: parsing the other would not change it
+            msvc = parse_mailservice(other)
+            theirs = conflicts.claims(msvc.spec) if msvc is not None else frozenset()
+            if mine & theirs:
                 out.append(other)
         return out
 
@@ -114,11 +119,28 @@ def created(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("creationTimestamp") or "")
 
 
+# (namespace, name) -> (resourceVersion, parsed): conflicts need every MailService parsed,
+# for every reconciliation, and a body with the same resourceVersion parses the same.
+_parsed: dict[Key, tuple[str, models.MailService | None]] = {}
+
+
 def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
+    key = _key(body)
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    cached = _parsed.get(key)
+    if version and cached is not None and cached[0] == version:
+        return cached[1]
     try:
-        return models.MailService.model_validate(_plain(body))
+        msvc: models.MailService | None = models.MailService.model_validate(_plain(body))
     except pydantic.ValidationError:
-        return None
+        msvc = None
+    if version:
+        _parsed[key] = (str(version), msvc)
+    return msvc
+
+
+def forget_parsed(key: Key) -> None:
+    _parsed.pop(key, None)
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,10 +215,37 @@ class Context:
             self.probes[key] = last
         return last.error
 
+    # (kind, namespace, name) -> the resourceVersion of a child as a reconciliation of its
+    # MailService last saw or wrote it (dropped again if that reconciliation fails). A watch
+    # event carrying that very version is the echo of the operator's own work and needs no
+    # reconciliation; any other version (an edit by hand, a rollout, a deletion) still gets one.
+    seen_children: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
 
-async def mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
+    def already_seen(self, child: Mapping[str, Any]) -> bool:
+        meta = child.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        key = (str(child.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        return version is not None and self.seen_children.get(key) == version
+
+    def forget_child(self, child: Mapping[str, Any]) -> None:
+        meta = child.get("metadata") or {}
+        key = (str(child.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        self.seen_children.pop(key, None)
+
+
+async def mailservice(
+    ctx: Context,
+    body: Mapping[str, Any],
+    world: World,
+    *,
+    unless_seen: Mapping[str, Any] | None = None,
+) -> None:
+    """unless_seen: the child whose event asked for this; if a reconciliation that ran while
+    this one waited for the lock already saw that version of it, there is nothing to do."""
     key = _key(body)
     async with ctx.locks(key):
+        if unless_seen is not None and ctx.already_seen(unless_seen):
+            return
         # The index may hold a newer body than the one a handler was called with, or none
         # when the MailService went away while this waited for its turn.
         if key not in world.services:
@@ -232,16 +281,47 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
     namespace = msvc.metadata.namespace
     msvc = children.with_defaults(msvc, ctx.settings.listener_defaults)
     me = conflicts.claimant(msvc, created(body))
-    lost = conflicts.lost(me, world.claimants(ctx.settings.listener_defaults))
+    # Only fixed addresses can be lost; without one, no other MailService matters.
+    lost = conflicts.lost(me, world.claimants(ctx.settings.listener_defaults)) if me.claims else {}
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
+    seen: dict[tuple[str, str, str], str] = {}
+    try:
+        await _apply_children(ctx, body, msvc, built, lost, old_status, new_generation, seen)
+    except BaseException:
+        # The next event of these children must reconcile again: this one did not finish.
+        for key, version in seen.items():
+            if ctx.seen_children.get(key) == version:
+                del ctx.seen_children[key]
+        raise
+
+
+async def _apply_children(
+    ctx: Context,
+    body: Mapping[str, Any],
+    msvc: models.MailService,
+    built: children.Children,
+    lost: dict[conflicts.Claim, conflicts.Claimant],
+    old_status: Mapping[str, Any],
+    new_generation: bool,
+    seen: dict[tuple[str, str, str], str],
+) -> None:
+    meta = body.get("metadata") or {}
+    namespace = msvc.metadata.namespace
+    path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
+    stamp = conditions.now()
+
+    alive: list[bool] = []
 
     async def owner_alive() -> bool:
+        if alive:
+            return alive[0]  # asked once per reconciliation, not once per missing child
         live = await ctx.api.get(path)
-        return (
+        alive.append(
             live is not None
             and live["metadata"].get("uid") == meta.get("uid")
             and not live["metadata"].get("deletionTimestamp")
         )
+        return alive[0]
 
     live_deployment: dict[str, Any] | None = None
     for child in built.all:
@@ -250,6 +330,11 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
         except apply.OwnerGone:
             logger.info("%s/%s is gone; not recreating its children", *_key(body))
             return
+        version = (live.get("metadata") or {}).get("resourceVersion")
+        if version is not None:
+            # At once, not at the end: the echo of a write usually arrives before the end.
+            key = (child["kind"], namespace, child["metadata"]["name"])
+            seen[key] = ctx.seen_children[key] = str(version)
         if child["kind"] == "Deployment":
             live_deployment = live
         if action != "unchanged":

@@ -1,0 +1,28 @@
+"""A short run of the operator-at-scale benchmark, so that it cannot rot: the real operator
+as a subprocess against the emulator, a few MailServices and groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import operator_scale
+
+pytestmark = pytest.mark.bench
+
+
+def test_the_smoke_run_reaches_steady_state_fans_out_a_group_change_and_goes_quiet() -> None:
+    res = operator_scale.run(operator_scale.SMOKE, progress=False)
+    assert res.services == operator_scale.SMOKE.services
+    assert res.users == operator_scale.SMOKE.shared_users
+    assert res.steady.reached == res.steady.goal == res.services
+    assert res.fanout.reached == res.fanout.goal == res.users
+    assert res.steady.reconciles >= res.services
+    assert res.fanout.reconciles >= res.users
+    # Quiet after each phase: no request loops the operator feeds itself.
+    for phase in (res.steady, res.fanout):
+        assert phase.quiet_after_s is not None, phase
+        assert phase.residual_rps < 1.0, phase
+        assert phase.total > 0
+    assert 0 < res.rss_steady <= res.rss_peak
+    text = operator_scale.report(res)
+    assert "requests by verb and resource" in text
