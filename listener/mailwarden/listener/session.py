@@ -30,6 +30,9 @@ PENDING_LIMIT = 64 * 1024
 EMPTY = b""
 
 
+_HANDSHAKE_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError)
+
+
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
@@ -235,18 +238,9 @@ class ClientConnection(asyncio.Protocol):
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
         assert transport is not None
-        loop = self.rt.loop
-        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
-        # start_tls swaps in its TLS protocol on its first step and schedules that protocol's
-        # connection_made and the transport's resume_reading; one loop turn later (before
-        # the socket is read again) the raw bytes this protocol got meanwhile (the start of
-        # the ClientHello, possibly sent with the PROXY header) are handed to it.
-        loop.call_soon(loop.call_soon, self._hand_over, transport)
         try:
-            tls_transport = await asyncio.wait_for(
-                upgrade, timeout=self.rt.config.timeouts.handshake
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            tls_transport = await self._upgrade(transport, ctx)
+        except _HANDSHAKE_ERRORS as exc:
             self._fail(m.HANDSHAKE_FAILED, f"TLS handshake: {exc!r}")
             return
         if tls_transport is None:
@@ -261,18 +255,13 @@ class ClientConnection(asyncio.Protocol):
         on its way); the news server's leg stays as it is."""
         transport, backend = self.transport, self.backend
         assert transport is not None and backend is not None
-        loop = self.rt.loop
         self.state = State.STARTTLS
         # The server has nothing to say until the next command; hold it anyway so nothing
         # can be written into the handshake.
         backend.transport.pause_reading()
-        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
-        loop.call_soon(loop.call_soon, self._hand_over, transport)
         try:
-            tls_transport = await asyncio.wait_for(
-                upgrade, timeout=self.rt.config.timeouts.handshake
-            )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            tls_transport = await self._upgrade(transport, ctx)
+        except _HANDSHAKE_ERRORS as exc:
             log.info("%s: %s:%s: STARTTLS: %r", self.rt.config.name, *self.peer, exc)
             self.close()
             return
@@ -289,6 +278,19 @@ class ClientConnection(asyncio.Protocol):
         self._pending = EMPTY
         if pending:
             self._apply_gate(self.gate.from_client(pending))
+
+    async def _upgrade(
+        self, transport: asyncio.Transport, ctx: ssl.SSLContext
+    ) -> asyncio.Transport | None:
+        """TLS on the client's leg, within the handshake timeout."""
+        loop = self.rt.loop
+        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        # start_tls swaps in its TLS protocol on its first step and schedules that protocol's
+        # connection_made and the transport's resume_reading; one loop turn later (before
+        # the socket is read again) the raw bytes this protocol got meanwhile (the start of
+        # the ClientHello, possibly sent with the PROXY header) are handed to it.
+        loop.call_soon(loop.call_soon, self._hand_over, transport)
+        return await asyncio.wait_for(upgrade, timeout=self.rt.config.timeouts.handshake)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         early = bytes(self._pending)

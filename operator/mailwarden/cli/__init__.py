@@ -10,17 +10,8 @@ import sys
 from mailwarden.listener import config as lc
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mailwarden",
-        description="Mail services on Kubernetes: access rules, caps, protocol-correct refusals.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "listen", help="run the listeners of MailService manifests on this host (no cluster)"
-    )
+def _manifest_arguments(p: argparse.ArgumentParser) -> None:
+    """-f and -n, as kubectl spells them: `listen` and `render` read the same manifests."""
     p.add_argument(
         "-f",
         "--filename",
@@ -35,6 +26,20 @@ def main(argv: list[str] | None = None) -> int:
         default="default",
         help="namespace for manifests that name none (default: default)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mailwarden",
+        description="Mail services on Kubernetes: access rules, caps, protocol-correct refusals.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "listen", help="run the listeners of MailService manifests on this host (no cluster)"
+    )
+    _manifest_arguments(p)
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -59,20 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     p = sub.add_parser("render", help="print the Kubernetes objects the operator would create")
-    p.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=True,
-        type=pathlib.Path,
-        help="manifest file or folder (repeatable)",
-    )
-    p.add_argument(
-        "-n",
-        "--namespace",
-        default="default",
-        help="namespace for manifests that name none (default: default)",
-    )
+    _manifest_arguments(p)
 
     p = sub.add_parser("operator", help="run the operator against the current kube context")
     p.add_argument(
