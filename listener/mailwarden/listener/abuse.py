@@ -26,8 +26,9 @@ import heapq
 import ipaddress
 import math
 import time
+from collections.abc import Container
 
-from mailwarden.listener import acl
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Keys per table and service. About 250 bytes a key with a few events: 8 MiB at worst per
 # table, far less in practice (keys leave with their window).
@@ -51,7 +52,7 @@ def _v6_key(value: int, prefix: int) -> str:
     return str(ipaddress.IPv6Network(((value >> shift) << shift, prefix)))
 
 
-def address_key(address: acl.IPAddress, name: str, ipv6_prefix: int) -> str:
+def address_key(address: IPAddress, name: str, ipv6_prefix: int) -> str:
     """What is counted and banned: an IPv4 address as itself, an IPv6 address by its network
     of `ipv6_prefix` bits (a /64 is what one customer usually gets, and hops freely within)."""
     if address.version == 4 or ipv6_prefix >= 128:
@@ -219,8 +220,8 @@ class Policy:
     within_seconds: float = 60.0
     ban_seconds: float = 600.0
     ban_ipv6_prefix: int = 64
-    # Never rate-limited, never banned.
-    exempt: tuple[str, ...] = ()
+    # Never rate-limited, never banned (the listener passes an acl.AddressSet).
+    exempt: Container[IPAddress] = frozenset()
 
     @property
     def enabled(self) -> bool:
@@ -232,7 +233,6 @@ class Guard:
     applies to the counts and bans already there."""
 
     __slots__ = (
-        "_exempt",
         "bans",
         "bans_started",
         "failures",
@@ -243,7 +243,6 @@ class Guard:
 
     def __init__(self, policy: Policy | None = None, capacity: int = CAPACITY) -> None:
         self.policy = Policy()
-        self._exempt = acl.AddressSet(())
         self.rates = SlidingLog(1, RATE_WINDOW, capacity)
         self.failures = SlidingLog(1, 60.0, capacity)
         self.bans = BanList(capacity)
@@ -258,15 +257,14 @@ class Guard:
 
     def configure(self, policy: Policy) -> None:
         self.policy = policy
-        self._exempt = acl.AddressSet(policy.exempt)
         self.rates.reconfigure(policy.connections_per_minute, RATE_WINDOW)
         self.failures.reconfigure(policy.after_failures, policy.within_seconds)
 
-    def admit(self, address: acl.IPAddress, name: str, now: float) -> tuple[Verdict, float]:
+    def admit(self, address: IPAddress, name: str, now: float) -> tuple[Verdict, float]:
         """Whether a new connection from `address` may go on; with the seconds to wait when
         it may not. An admitted connection counts towards the rate limit."""
         policy = self.policy
-        if address in self._exempt:
+        if address in policy.exempt:
             return Verdict.ADMITTED, 0.0
         if policy.after_failures:
             key = address_key(address, name, policy.ban_ipv6_prefix)
@@ -280,10 +278,10 @@ class Guard:
                 return Verdict.RATE_LIMITED, wait
         return Verdict.ADMITTED, 0.0
 
-    def failure(self, address: acl.IPAddress, name: str, now: float) -> Ban | None:
+    def failure(self, address: IPAddress, name: str, now: float) -> Ban | None:
         """A refusal or a failed login from `address`; the ban it starts, if it does."""
         policy = self.policy
-        if not policy.after_failures or address in self._exempt:
+        if not policy.after_failures or address in policy.exempt:
             return None
         key = address_key(address, name, policy.ban_ipv6_prefix)
         if self.bans.remaining(key, now):

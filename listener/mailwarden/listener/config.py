@@ -75,6 +75,27 @@ class Timeouts(_Model):
     refusal: float = pydantic.Field(default=30.0, gt=0, le=3600)
 
 
+class RateLimit(_Model):
+    """New connections per address and minute (a sliding minute: a burst of N is fine, the
+    N+1st within 60 seconds of the first is refused). 0: off."""
+
+    connections_per_minute: int = pydantic.Field(default=0, ge=0, le=1_000_000)
+    # IPv6 clients are counted per network of this many bits (one customer's /64).
+    ipv6_prefix_length: int = pydantic.Field(default=64, ge=16, le=128)
+
+
+class AutoBan(_Model):
+    """The `after_failures`th failure (a refused connection or a failed login) from one
+    address within `within_seconds` bans it for `ban_seconds`."""
+
+    after_failures: int = pydantic.Field(ge=1, le=10_000)
+    within_seconds: float = pydantic.Field(default=60.0, gt=0, le=86_400)
+    ban_seconds: float = pydantic.Field(default=600.0, gt=0, le=2_592_000)
+    # Never rate-limited or banned (the connection caps still apply).
+    exempt: tuple[CIDR, ...] = ()
+    ipv6_prefix_length: int = pydantic.Field(default=64, ge=16, le=128)
+
+
 class ServiceConfig(_Model):
     """One mail service: where it listens, who may connect, and where sessions go."""
 
@@ -92,6 +113,8 @@ class ServiceConfig(_Model):
     # Load balancers allowed to send a PROXY header (v1 or v2) before the session.
     proxy_protocol_from: tuple[CIDR, ...] = ()
     timeouts: Timeouts = Timeouts()
+    rate_limit: RateLimit = RateLimit()
+    auto_ban: AutoBan | None = None
     # Host name used in greetings and refusals.
     hostname: str = "mailwarden"
     # Connections the kernel may queue before the listener accepts them; bounded so that a

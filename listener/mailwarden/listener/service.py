@@ -7,7 +7,7 @@ import asyncio
 import logging
 import ssl
 
-from mailwarden.listener import acl, catalogue, config, limits, session, tls
+from mailwarden.listener import abuse, acl, catalogue, config, limits, session, tls
 from mailwarden.listener import metrics as m
 from mailwarden.listener.protocols import base, replies_for
 
@@ -31,6 +31,8 @@ class ServiceRuntime:
         self.sessions: set[session.ClientConnection] = set()
         self.servers: dict[config.Endpoint, asyncio.Server] = {}
         self.limiter = limits.ConnectionLimiter()
+        # Rate limit and bans; kept across reloads like the limiter's counts.
+        self.guard = abuse.Guard()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.config = cfg
         self.allow: acl.AddressSet | acl.Everyone = acl.Everyone()
@@ -52,6 +54,10 @@ class ServiceRuntime:
         self.allow = acl.policy(cfg.allow)
         self.trusted_proxies = acl.AddressSet(cfg.proxy_protocol_from)
         self.limiter.reconfigure(cfg.max_connections, cfg.max_connections_per_address)
+        self.guard.configure(abuse_policy(cfg))
+        guard, loop = self.guard, self.loop
+        # Read at each scrape: bans end by themselves, without an event to count them down.
+        self.metrics.banned.set_function(lambda: guard.banned_now(loop.time()))
         self.replies = replies_for(cfg.kind.wire)
         self._over_capacity = None
         self.server_tls = server_tls
@@ -59,6 +65,20 @@ class ServiceRuntime:
         self.backend_tls = backend_tls
         self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
         self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)
+
+    def failure(self, address: acl.IPAddress, name: str) -> None:
+        """A refusal or a failed login from a client: count it towards a ban."""
+        ban = self.guard.failure(address, name, self.loop.time())
+        if ban is not None:
+            self.metrics.bans.inc()
+            log.warning(
+                "%s: %s banned for %.0f s after %d failures within %.0f s",
+                self.config.name,
+                ban.key,
+                ban.until - ban.started,
+                ban.failures,
+                ban.within_seconds,
+            )
 
     def over_capacity(self) -> base.Conversation:
         """The over-cap refusal. A flood is mostly these: a stateless one (OneShot) is made
@@ -139,3 +159,16 @@ class ServiceRuntime:
         fut: asyncio.Future[None] = self.loop.create_future()
         self._idle_waiters.append(fut)
         await fut
+
+
+def abuse_policy(cfg: config.ServiceConfig) -> abuse.Policy:
+    ban = cfg.auto_ban
+    return abuse.Policy(
+        connections_per_minute=cfg.rate_limit.connections_per_minute,
+        rate_limit_ipv6_prefix=cfg.rate_limit.ipv6_prefix_length,
+        after_failures=ban.after_failures if ban else 0,
+        within_seconds=ban.within_seconds if ban else 60.0,
+        ban_seconds=ban.ban_seconds if ban else 600.0,
+        ban_ipv6_prefix=ban.ipv6_prefix_length if ban else 64,
+        exempt=acl.AddressSet(ban.exempt) if ban else frozenset(),
+    )

@@ -15,7 +15,7 @@ import ssl
 import struct
 from typing import TYPE_CHECKING, cast
 
-from mailwarden.listener import acl, limits, proxyproto
+from mailwarden.listener import abuse, acl, limits, proxyproto
 from mailwarden.listener import metrics as m
 from mailwarden.listener.protocols import base, nntp
 
@@ -306,10 +306,15 @@ class ClientConnection(asyncio.Protocol):
             self._fail(m.PROXY_ERROR, f"unusable client address {self.client[0]!r}")
             return
         if address not in rt.allow:
+            rt.failure(address, name)
             self._refuse(m.DENIED, rt.replies.denied(rt.config.hostname))
+            return
+        guard = rt.guard
+        if guard.policy.enabled and not self._admitted_by(guard, address, name):
             return
         verdict = rt.limiter.acquire(name)
         if verdict is not limits.Verdict.ADMITTED:
+            rt.failure(address, name)
             outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP
             self._refuse(outcome, rt.over_capacity())
             return
@@ -319,6 +324,29 @@ class ClientConnection(asyncio.Protocol):
         rt.metrics.active.inc()
         self.state = State.CONNECTING
         rt.loop.create_task(self._connect())
+
+    def _admitted_by(self, guard: abuse.Guard, address: acl.IPAddress, name: str) -> bool:
+        """The abuse defence's word, before any backend is contacted: a banned or
+        rate-limited address is refused in its protocol's words for a temporary refusal."""
+        rt = self.rt
+        verdict, wait = guard.admit(address, name, rt.loop.time())
+        if verdict is abuse.Verdict.ADMITTED:
+            return True
+        retry = abuse.retry_after(wait)
+        if verdict is abuse.Verdict.BANNED:
+            self._refuse(m.BANNED, rt.replies.banned(rt.config.hostname, retry))
+        else:
+            rt.failure(address, name)
+            self._refuse(m.RATE_LIMITED, rt.replies.rate_limited(rt.config.hostname, retry))
+        return False
+
+    def _login_failed(self, failures: int = 1) -> None:
+        """Failed logins seen in the session (the NNTP gate, the login watchers)."""
+        rt = self.rt
+        rt.metrics.login_failures.inc(failures)
+        address, name = acl.parse_client(self.client[0])
+        for _ in range(failures):
+            rt.failure(address, name)
 
     async def _connect(self) -> None:
         rt = self.rt
@@ -413,6 +441,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(out.to_client)
         if out.auth is not None:
             self.rt.metrics.nntp_auth[out.auth.value].inc()
+            if out.auth is nntp.AuthResult.FAILURE:
+                self._login_failed()
         if out.open:
             self.state = State.RELAY
             self.gate = None
