@@ -119,6 +119,8 @@ def test_an_exempt_address_is_never_rate_limited_nor_banned_but_the_caps_still_a
     wait_until(lambda: lt.active("test/svc") == 0, what="the held session to end")
     for _ in range(3):  # over the rate limit: never limited
         assert greeting_from(port, "127.0.0.25") == b"220 backend ESMTP\r\n"
+        # (one at a time: the per-address cap of 1 still applies)
+        wait_until(lambda: lt.active("test/svc") == 0, what="the session to end")
     assert outcome(lt, "banned") == 0 and outcome(lt, "rate_limited") == 0
     # The same policy limits and bans a neighbour that is not exempt.
     assert greeting_from(port, "127.0.0.26") == b"220 backend ESMTP\r\n"

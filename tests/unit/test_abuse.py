@@ -70,7 +70,9 @@ def test_the_key_of_an_ipv6_client_is_its_network():
 
 
 def test_an_exempt_address_is_never_rate_limited():
-    guard = abuse.Guard(abuse.Policy(connections_per_minute=1, exempt=acl.AddressSet(["192.0.2.0/28"])))
+    guard = abuse.Guard(
+        abuse.Policy(connections_per_minute=1, exempt=acl.AddressSet(["192.0.2.0/28"]))
+    )
     for t in range(20):
         assert admit(guard, "192.0.2.5", float(t)) is abuse.Verdict.ADMITTED
     assert admit(guard, "192.0.2.99", 0.0) is abuse.Verdict.ADMITTED

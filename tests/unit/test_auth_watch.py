@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from mailwarden.listener import catalogue
-from mailwarden.listener.protocols import authwatch, auth_watch_for, imap, pop3, smtp
+from mailwarden.listener.protocols import auth_watch_for, authwatch, imap, pop3, smtp
 
 
 def play(watch: authwatch.LineWatch, transcript: str) -> list[int]:
@@ -200,7 +200,10 @@ def test_imap_pipelined_logins_are_paired_by_tag():
     watch = imap.AuthWatch()
     watch.from_server(b"* OK ready\r\n")
     watch.from_client(b"x LOGIN a b\r\ny LOGIN a c\r\n")
-    assert watch.from_server(b"y NO [AUTHENTICATIONFAILED] no\r\nx NO [AUTHENTICATIONFAILED] no\r\n") == 2
+    assert (
+        watch.from_server(b"y NO [AUTHENTICATIONFAILED] no\r\nx NO [AUTHENTICATIONFAILED] no\r\n")
+        == 2
+    )
 
 
 def test_imap_stops_at_starttls_and_at_preauth():

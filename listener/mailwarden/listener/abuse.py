@@ -26,9 +26,16 @@ import heapq
 import ipaddress
 import math
 import time
-from collections.abc import Container
+from typing import Protocol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Addresses(Protocol):
+    """A set of addresses (the listener's acl.AddressSet)."""
+
+    def __contains__(self, address: IPAddress, /) -> bool: ...
+
 
 # Keys per table and service. About 250 bytes a key with a few events: 8 MiB at worst per
 # table, far less in practice (keys leave with their window).
@@ -221,7 +228,7 @@ class Policy:
     ban_seconds: float = 600.0
     ban_ipv6_prefix: int = 64
     # Never rate-limited, never banned (the listener passes an acl.AddressSet).
-    exempt: Container[IPAddress] = frozenset()
+    exempt: Addresses = frozenset()
 
     @property
     def enabled(self) -> bool:

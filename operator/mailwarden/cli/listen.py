@@ -53,6 +53,8 @@ class ManifestSource:
             )
             for problem in rendered.problems:
                 self.warnings.append(f"{name}: {problem}; refusing every client")
+            for problem in rendered.exempt_problems:
+                self.warnings.append(f"{name}: {problem}")
             services.append(rendered.service)
         try:
             return lc.ListenerConfig(

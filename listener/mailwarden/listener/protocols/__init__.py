@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mailwarden.listener.catalogue import Wire
 from collections.abc import Callable
 
+from mailwarden.listener.catalogue import Wire
 from mailwarden.listener.protocols import (
     authwatch,
     base,

@@ -9,8 +9,7 @@ OVER_CAPACITY = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
 DENIED = b"* BYE Access denied: your address is not allowed to use this service\r\n"
 UNAVAILABLE = b"* BYE [UNAVAILABLE] Service temporarily unavailable, try again later\r\n"
 RATE_LIMITED = (
-    b"* BYE [UNAVAILABLE] Rate limited: too many connections from your address, "
-    b"try again later\r\n"
+    b"* BYE [UNAVAILABLE] Rate limited: too many connections from your address, try again later\r\n"
 )
 BANNED = b"* BYE [UNAVAILABLE] Banned: too many failures from your address, try again later\r\n"
 
@@ -49,9 +48,8 @@ class AuthWatch(authwatch.LineWatch):
         if len(words) < 2:
             return
         verb = words[1].upper()
-        if verb in LOGIN_COMMANDS or verb == b"STARTTLS":
-            if len(self._tags) < _TAG_LIMIT:
-                self._tags[words[0]] = verb
+        if (verb in LOGIN_COMMANDS or verb == b"STARTTLS") and len(self._tags) < _TAG_LIMIT:
+            self._tags[words[0]] = verb
 
     def server_line(self, line: bytes) -> int:
         if line.startswith(b"*"):

@@ -12,9 +12,7 @@ UNAVAILABLE = b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later
 RATE_LIMITED = (
     b"-ERR [SYS/TEMP] Rate limited: too many connections from your address, try again later\r\n"
 )
-BANNED = (
-    b"-ERR [SYS/TEMP] Banned: too many failures from your address, try again later\r\n"
-)
+BANNED = b"-ERR [SYS/TEMP] Banned: too many failures from your address, try again later\r\n"
 
 
 REPLIES = base.FixedReplies(

@@ -28,9 +28,7 @@ RATE_LIMITED = (
     "421 4.7.0 {host} Error: rate limited: too many connections from your address, "
     "try again later\r\n"
 )
-BANNED = (
-    "421 4.7.0 {host} Error: banned: too many failures from your address, try again later\r\n"
-)
+BANNED = "421 4.7.0 {host} Error: banned: too many failures from your address, try again later\r\n"
 
 
 class DeniedSession:
