@@ -1,9 +1,19 @@
 """What every protocol module provides: the conversations the listener holds itself when it
-does not relay a session (refusals), as pure objects that turn bytes in into bytes out."""
+does not relay a session (refusals), as pure objects that turn bytes in into bytes out, and
+optionally a gate that stands between client and backend at the start of a session.
+
+A protocol module under `protocols/` is found by its catalogue wire name (`Wire.NNTP` ->
+`protocols/nntp.py`) and exports:
+
+- `REPLIES`: a `Replies` (the refusals worded as its RFCs ask);
+- optionally `gate(*, anonymous, starttls, tls_active) -> GateFactory | None`: a gate for a
+  service of that protocol, or None where sessions are relayed from the first byte."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -67,6 +77,46 @@ class FixedReplies:
 
     def unavailable(self, hostname: str) -> Conversation:
         return OneShot(self._unavailable)
+
+
+class AuthResult(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+@dataclasses.dataclass(slots=True)
+class GateOutput:
+    """What a gate makes of the bytes it was given."""
+
+    to_backend: bytes = b""
+    to_client: bytes = b""
+    # The gate is done: from now on every byte is relayed untouched.
+    open: bool = False
+    # An authentication result the gate saw (counted per service).
+    auth: AuthResult | None = None
+    # The client asked for STARTTLS and was told to go ahead: upgrade the client leg now.
+    start_tls: bool = False
+
+
+class Gate(Protocol):
+    """Stands between client and backend until the protocol says the session may be relayed
+    untouched (NNTP: until AUTHINFO succeeds). Pure: bytes in, bytes out; the session owns
+    the sockets, TLS and flow control."""
+
+    @property
+    def idle(self) -> bool:
+        """No client command waits for its turn or its answer (the client's EOF may pass)."""
+        ...
+
+    def from_client(self, data: bytes) -> GateOutput: ...
+
+    def from_backend(self, data: bytes) -> GateOutput: ...
+
+    def tls_started(self) -> None:
+        """The client's leg is encrypted now (after a `start_tls` output)."""
+
+
+GateFactory = Callable[[], Gate]
 
 
 class LineBuffer:
