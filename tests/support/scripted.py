@@ -208,12 +208,18 @@ class Script:
         return bytes(self.backend.written) if self.backend is not None else b""
 
     def outcome(self, name: str) -> float:
-        return self.metrics.registry.get_sample_value(
-            "mailwarden_connections_total", {"service": "test/scripted", "outcome": name}
-        ) or 0.0
+        return (
+            self.metrics.registry.get_sample_value(
+                "mailwarden_connections_total", {"service": "test/scripted", "outcome": name}
+            )
+            or 0.0
+        )
 
     @property
     def active(self) -> float:
-        return self.metrics.registry.get_sample_value(
-            "mailwarden_connections_active", {"service": "test/scripted"}
-        ) or 0.0
+        return (
+            self.metrics.registry.get_sample_value(
+                "mailwarden_connections_active", {"service": "test/scripted"}
+            )
+            or 0.0
+        )

@@ -160,3 +160,64 @@ def test_a_denied_client_that_sends_a_proxy_header_is_counted_once(scripts):
     s.send(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n")
     assert s.outcome("denied") == 1
     assert s.outcome("proxy_error") == 0
+
+
+# -- the hook points other policies plug into --------------------------------------------
+
+
+def test_an_admission_step_refuses_before_the_caps_are_taken(scripts):
+    s = script(scripts, max_connections=1)
+    asked: list[str] = []
+
+    def admission(address: str) -> session.Refusal | None:
+        asked.append(address)
+        return session.Refusal("over_cap", s.rt.over_capacity())
+
+    s.rt.admission = admission
+    s.connect()
+    assert asked == ["127.0.0.1"]
+    assert s.to_client.startswith(b"421 ")
+    assert s.rt.limiter.active == 0
+    assert s.loop.connects == []
+
+
+class Recorder:
+    def __init__(self, lines: int) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self.lines = lines
+
+    def client(self, data: bytes) -> bool:
+        self.seen.append(("client", data))
+        return len(self.seen) < self.lines
+
+    def backend(self, data: bytes) -> bool:
+        self.seen.append(("backend", data))
+        return len(self.seen) < self.lines
+
+
+def test_an_observer_sees_the_first_bytes_unchanged_then_the_session_is_relayed(scripts):
+    s = script(scripts)
+    recorder = Recorder(lines=3)
+    s.rt.observe = lambda address: recorder
+    s.connect().backend_connects().backend_says(b"220 mx ready\r\n")
+    assert s.session.state is session.State.GATED
+    s.send(b"EHLO x\r\n").backend_says(b"250 mx\r\n")
+    assert s.session.state is session.State.RELAY
+    s.send(b"QUIT\r\n")
+    assert recorder.seen == [
+        ("backend", b"220 mx ready\r\n"),
+        ("client", b"EHLO x\r\n"),
+        ("backend", b"250 mx\r\n"),
+    ]
+    assert s.to_client == b"220 mx ready\r\n250 mx\r\n"
+    assert s.to_backend == b"EHLO x\r\nQUIT\r\n"
+
+
+def test_an_observer_beside_the_nntp_gate_keeps_the_gate_in_force(scripts):
+    s = script(scripts, "NNTP")
+    recorder = Recorder(lines=1)
+    s.rt.observe = lambda address: recorder
+    s.connect().backend_connects().backend_says(GREETING).send(b"GROUP alt.test\r\n")
+    assert s.to_client == GREETING + b"480 Authentication required\r\n"
+    assert s.to_backend == b""
+    assert s.session.state is session.State.GATED
