@@ -1,10 +1,11 @@
 """/metrics, /healthz and /readyz on their own port, served by uvicorn in the listener's
-event loop."""
+event loop; more routes (the live figures' /status) plug in as path -> callable returning
+(status, body, content type)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import prometheus_client
@@ -13,14 +14,20 @@ import uvicorn
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+# A route's answer: HTTP status, body, content type. Called in the event loop: no blocking.
+Route = Callable[[], tuple[int, bytes, str]]
 
 
 class HealthApp:
     def __init__(
-        self, registry: prometheus_client.CollectorRegistry, ready: Callable[[], bool]
+        self,
+        registry: prometheus_client.CollectorRegistry,
+        ready: Callable[[], bool],
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
+        self.routes = dict(routes or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,6 +38,8 @@ class HealthApp:
             ctype = prometheus_client.CONTENT_TYPE_LATEST
         elif path == "/healthz":
             status, body, ctype = 200, b"ok\n", "text/plain"
+        elif path in self.routes:
+            status, body, ctype = self.routes[path]()
         elif path == "/readyz":
             ok = self.ready()
             status, body = (200, b"ready\n") if ok else (503, b"not ready\n")

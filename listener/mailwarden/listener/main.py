@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
-from mailwarden.listener import config, health, server, watch
+from mailwarden.listener import config, figures, health, server, watch
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,11 @@ async def serve(
     # Everything allocated so far (modules, config, metrics) lives as long as the process:
     # keep it out of the collector's full passes, which otherwise stall every session.
     gc.freeze()
-    app = health.HealthApp(listener.metrics.registry, lambda: listener.ready)
+    app = health.HealthApp(
+        listener.metrics.registry,
+        lambda: listener.ready,
+        routes={"/status": lambda: figures.response(listener.figures())},
+    )
     web = health.server(app, cfg.metrics.address, cfg.metrics.port)
     web_task = asyncio.create_task(web.serve())
     stop = stop or asyncio.Event()

@@ -12,6 +12,8 @@ transcripts of real sessions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mailwarden.listener.protocols import base
 
 # Bytes, both directions together, that a watcher reads before it gives up. A login takes a
@@ -73,3 +75,23 @@ def verb_of(line: bytes) -> tuple[bytes, bool]:
     if not words:
         return b"", False
     return words[0].upper(), len(words) > 1 and bool(words[1].strip())
+
+
+class LoginObserver:
+    """A watcher as the session's observer (base.Observer): `failed` is called once per
+    failed login; each method says whether the watcher still wants bytes."""
+
+    __slots__ = ("_failed", "_watch")
+
+    def __init__(self, watch: LineWatch, failed: Callable[[], None]) -> None:
+        self._watch = watch
+        self._failed = failed
+
+    def client(self, data: bytes) -> bool:
+        self._watch.from_client(data)
+        return not self._watch.done
+
+    def backend(self, data: bytes) -> bool:
+        for _ in range(self._watch.from_server(data)):
+            self._failed()
+        return not self._watch.done
