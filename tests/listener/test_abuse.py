@@ -10,8 +10,9 @@ import time
 import pytest
 
 from mailwarden.listener import config as lc
-from tests.listener.clients import connect, greeter, read_line, read_until_eof
+from tests.listener.clients import connect, exchange, greeter, read_line, read_until_eof
 from tests.support.listener import service, wait_until
+from tests.support.servers import MAIL_PASSWORD, MAIL_USER, NEWS_PASSWORD, NEWS_USER
 
 SMTP_RATE_LIMITED = b"421 4.7.0 svc Error: rate limited: too many connections from your address"
 SMTP_BANNED = b"421 4.7.0 svc Error: banned: too many failures from your address"
@@ -182,3 +183,69 @@ def test_a_flood_of_refused_connections_from_one_address_holds_no_slot(run_liste
     assert outcome(lt, "rate_limited") == 5
     assert outcome(lt, "banned") == 33
     wait_until(lambda: lt.active("test/svc") == 0, what="no session left")
+
+
+# -- failed logins against real servers -----------------------------------------------------
+
+NNTP_BANNED = b"400 Banned: too many failures from your address, try again later\r\n"
+POP3_BANNED = b"-ERR [SYS/TEMP] Banned: too many failures from your address, try again later\r\n"
+IMAP_BANNED = (
+    b"* BYE [UNAVAILABLE] Banned: too many failures from your address, try again later\r\n"
+)
+
+
+@pytest.mark.servers
+def test_failed_authinfo_at_the_nntp_gate_in_front_of_inn_bans_the_reader(run_listener, inn):
+    svc = service(
+        "news/nntp",
+        "NNTP",
+        backend_port=inn.port,
+        auto_ban=lc.AutoBan(after_failures=2, within_seconds=30, ban_seconds=60),
+    )
+    lt = run_listener(svc)
+    port = svc.listen[0].port
+    with connect(port, source="127.0.0.31") as s:
+        assert read_line(s).startswith(b"201 ")
+        for _ in range(2):
+            assert exchange(s, b"AUTHINFO USER " + NEWS_USER.encode() + b"\r\n").startswith(b"381")
+            assert exchange(s, b"AUTHINFO PASS wrong\r\n").startswith(b"481")
+    with connect(port, source="127.0.0.31") as s:
+        assert read_until_eof(s) == NNTP_BANNED
+    # Another reader logs in as usual.
+    with connect(port, source="127.0.0.32") as s:
+        assert read_line(s).startswith(b"201 ")
+        assert exchange(s, b"AUTHINFO USER " + NEWS_USER.encode() + b"\r\n").startswith(b"381")
+        assert exchange(s, b"AUTHINFO PASS " + NEWS_PASSWORD.encode() + b"\r\n").startswith(b"281")
+    assert lt.metric("mailwarden_login_failures_total", service="news/nntp") == 2
+    assert lt.metric("mailwarden_bans_total", service="news/nntp") == 1
+
+
+@pytest.mark.servers
+def test_failed_pop3_and_imap_logins_against_dovecot_ban_the_address(run_listener, dovecot):
+    ban = lc.AutoBan(after_failures=3, within_seconds=30, ban_seconds=60)
+    pop = service("mail/pop3", "POP3", backend_port=dovecot.pop3_port, auto_ban=ban)
+    imap = service("mail/imap", "IMAP", backend_port=dovecot.imap_port, auto_ban=ban)
+    lt = run_listener(pop, imap)
+    with connect(pop.listen[0].port, source="127.0.0.33") as s:
+        assert read_line(s).startswith(b"+OK")
+        for _ in range(3):
+            assert exchange(s, b"USER " + MAIL_USER.encode() + b"\r\n").startswith(b"+OK")
+            assert exchange(s, b"PASS wrong\r\n").startswith(b"-ERR")
+    with connect(pop.listen[0].port, source="127.0.0.33") as s:
+        assert read_until_eof(s) == POP3_BANNED
+    with connect(imap.listen[0].port, source="127.0.0.34") as s:
+        assert read_line(s).startswith(b"* OK")
+        # Pipelined: three failed logins in one segment are three failures.
+        s.sendall(b"a LOGIN alice wrong\r\nb LOGIN alice wrong\r\nc LOGIN alice wrong\r\n")
+        for tag in (b"a", b"b", b"c"):
+            assert read_line(s).startswith(tag + b" NO ")
+    with connect(imap.listen[0].port, source="127.0.0.34") as s:
+        assert read_until_eof(s) == IMAP_BANNED
+    # Success switches the watcher off; a good login from another address is untouched.
+    with connect(imap.listen[0].port, source="127.0.0.35") as s:
+        assert read_line(s).startswith(b"* OK")
+        s.sendall(f"a LOGIN {MAIL_USER} {MAIL_PASSWORD}\r\n".encode())
+        assert read_line(s).startswith(b"a OK ")
+    assert lt.metric("mailwarden_login_failures_total", service="mail/pop3") == 3
+    assert lt.metric("mailwarden_login_failures_total", service="mail/imap") == 3
+    assert lt.metric("mailwarden_banned_addresses", service="mail/imap") == 1

@@ -9,9 +9,19 @@ import pytest
 from mailwarden.listener import config as lc
 from tests.support import certs, wire
 from tests.support.listener import EVENT_LOOPS, ListenerThread
+from tests.support.servers import dovecot, mail_store
 from tests.support.servers_extra import nginx, prosody, slapd, smtp_sink, test_ca
 
-__all__ = ["listener_tls", "nginx", "prosody", "slapd", "smtp_sink", "test_ca"]
+__all__ = [
+    "dovecot",
+    "listener_tls",
+    "mail_store",
+    "nginx",
+    "prosody",
+    "slapd",
+    "smtp_sink",
+    "test_ca",
+]
 
 
 @pytest.fixture(params=sorted(EVENT_LOOPS))
