@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 from mailwarden.listener import acl, catalogue, config, limits, session, tls
 from mailwarden.listener import metrics as m
@@ -42,6 +43,9 @@ class ServiceRuntime:
         self.implicit_tls = False
         self.backend_tls: ssl.SSLContext | None = None
         self.gate: base.GateFactory | None = None
+        # Hooks for admission policy and session observers (see session.Runtime).
+        self.admission: session.Admission | None = None
+        self.observe: Callable[[str], base.Observer] | None = None
         self._over_capacity: base.Conversation | None = None
         self.apply(cfg)
 

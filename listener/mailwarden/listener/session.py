@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from mailwarden.listener import acl, config, limits, proxyproto
@@ -41,6 +43,22 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """An admission step's verdict against a client: the outcome it is counted as (one of
+    metrics.OUTCOMES) and the conversation that refuses it in the protocol's words."""
+
+    outcome: str
+    conversation: base.Conversation
+
+
+class Admission(Protocol):
+    """A policy step between the access list and the caps (rate limits, bans): None admits
+    the client (its address, after any PROXY header), a Refusal refuses it."""
+
+    def __call__(self, address: str) -> Refusal | None: ...
+
+
 class Runtime(Protocol):
     """What a session needs of the service it belongs to. `service.ServiceRuntime` provides
     it; the session depends only on this shape, so imports run one way (service -> session)
@@ -59,6 +77,10 @@ class Runtime(Protocol):
     # The protocol's gate between client and backend, if the service has one (the NNTP
     # reader gate); None relays from the first byte.
     gate: base.GateFactory | None
+    # Optional hooks: a policy step before the caps, and an observer of the first bytes of
+    # each admitted session (created with the client's address).
+    admission: Admission | None
+    observe: Callable[[str], base.Observer] | None
     server_tls: ssl.SSLContext | None
     implicit_tls: bool
     backend_tls: ssl.SSLContext | None
@@ -245,17 +267,17 @@ class ClientConnection(asyncio.Protocol):
     # -- the session's steps -----------------------------------------------------------
 
     def _read_proxy_header(self) -> None:
+        # The header may come in any number of segments: the parser says "more" until it is
+        # complete and refuses it past its maximum size; the sweep bounds the total time.
         try:
-            parsed = proxyproto.parse(bytes(self._pending))
+            header = proxyproto.parse_header(self._pending)
         except proxyproto.ProxyError as exc:
             self._fail(m.PROXY_ERROR, str(exc))
             return
-        if parsed is None:
-            if len(self._pending) > 536:  # v2 header with room for TLVs; v1 is far shorter
-                self._fail(m.PROXY_ERROR, "PROXY header too long")
+        if header is None:
             return
-        addresses, used = parsed
-        rest = bytes(self._pending[used:])
+        addresses = header.addresses
+        rest = bytes(self._pending[header.length :])
         self._pending = EMPTY
         if addresses.source is not None:
             self.client = addresses.source
@@ -367,6 +389,11 @@ class ClientConnection(asyncio.Protocol):
         if address not in rt.allow:
             self._refuse(m.DENIED, rt.replies.denied(rt.config.hostname))
             return
+        if rt.admission is not None:
+            refusal = rt.admission(name)
+            if refusal is not None:
+                self._refuse(refusal.outcome, refusal.conversation)
+                return
         verdict = rt.limiter.acquire(name)
         if verdict is not limits.Verdict.ADMITTED:
             outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP
@@ -451,8 +478,11 @@ class ClientConnection(asyncio.Protocol):
             self._pending = EMPTY
         else:
             pending = EMPTY  # held until they show whether they are a PROXY header
-        if rt.gate is not None:
-            self.gate = rt.gate()
+        gate = rt.gate() if rt.gate is not None else None
+        if rt.observe is not None:
+            gate = base.Observed(gate, rt.observe(self.client[0]))
+        if gate is not None:
+            self.gate = gate
             self.state = State.GATED
             if pending:
                 self._apply_gate(self.gate.from_client(pending))
@@ -653,19 +683,14 @@ class BackendConnection(asyncio.Protocol):
 
 def _proxy_claim(data: bytes) -> bool | None:
     """Whether a client's first bytes are a PROXY header: True, False, or None while they
-    are a strict prefix of a signature and the next bytes decide. The parser reads the
-    signatures (at most 12 bytes); what follows them does not matter here, any header from
-    an untrusted peer is refused."""
-    head = data[: len(proxyproto.V2_SIGNATURE)]
-    try:
-        parsed = proxyproto.parse(head)
-    except proxyproto.ProxyError:
+    are a strict prefix of a signature and the next bytes decide. What follows a signature
+    does not matter here: any header from a peer not trusted to send one is refused."""
+    kind = proxyproto.signature(data)
+    if kind is proxyproto.Signature.NONE:
         return False
-    if parsed is not None:
-        return True
-    if head.startswith(proxyproto.V1_PREFIX) or head == proxyproto.V2_SIGNATURE:
-        return True
-    return None
+    if kind is proxyproto.Signature.PARTIAL:
+        return None
+    return True
 
 
 def _reset(transport: asyncio.Transport) -> None:

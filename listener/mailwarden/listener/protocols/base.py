@@ -119,6 +119,56 @@ class Gate(Protocol):
 GateFactory = Callable[[], Gate]
 
 
+class Observer(Protocol):
+    """Reads the first bytes of a relayed session without changing them (e.g. to see
+    authentication failures). Each method returns False once it has seen enough; from then
+    on the session relays without it."""
+
+    def client(self, data: bytes) -> bool: ...
+
+    def backend(self, data: bytes) -> bool: ...
+
+
+class Observed:
+    """A gate (or none) with an observer beside it: bytes go through the inner gate, or
+    straight through without one, and the observer sees what each side sent. The session
+    is relayed untouched once the inner gate has opened and the observer is done."""
+
+    __slots__ = ("_gate", "_observer", "_watching")
+
+    def __init__(self, gate: Gate | None, observer: Observer) -> None:
+        self._gate = gate
+        self._observer = observer
+        self._watching = True
+
+    @property
+    def idle(self) -> bool:
+        return self._gate is None or self._gate.idle
+
+    def from_client(self, data: bytes) -> GateOutput:
+        if self._watching:
+            self._watching = self._observer.client(data)
+        out = self._gate.from_client(data) if self._gate is not None else GateOutput(data)
+        return self._settle(out)
+
+    def from_backend(self, data: bytes) -> GateOutput:
+        if self._watching:
+            self._watching = self._observer.backend(data)
+        gate = self._gate
+        out = gate.from_backend(data) if gate is not None else GateOutput(to_client=data)
+        return self._settle(out)
+
+    def tls_started(self) -> None:
+        if self._gate is not None:
+            self._gate.tls_started()
+
+    def _settle(self, out: GateOutput) -> GateOutput:
+        if out.open:
+            self._gate = None  # the inner gate is done: pass bytes through from now on
+        out.open = self._gate is None and not self._watching
+        return out
+
+
 class LineBuffer:
     """Splits a byte stream into lines with a length limit. An over-long line is consumed
     up to its end and reported once as None, so the caller answers it with its protocol's
