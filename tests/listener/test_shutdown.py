@@ -198,10 +198,11 @@ def test_a_negative_lame_duck_is_refused_with_exit_2(tmp_path):
         "spec: {service: SMTP, listen: [{port: 2525}], backend: {host: 127.0.0.1, port: 25}}\n"
     )
     out = subprocess.run(
-        [sys.executable, "-m", "mailwarden.cli", "listen", "-f", str(manifest)]
-        + ["--lame-duck-seconds", "-1", "--print-config"],
+        [
+            *(sys.executable, "-m", "mailwarden.cli", "listen", "-f", str(manifest)),
+            *("--lame-duck-seconds", "-1", "--print-config"),
+        ],
         capture_output=True,
     )
     assert out.returncode == 2
     assert b"lame_duck_seconds" in out.stderr
-
