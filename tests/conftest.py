@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.ldap_http_xmpp_servers",
     "tests.support.smtp_sink",
     "tests.support.cel_coverage",
+    "tests.support.attack",
 ]
