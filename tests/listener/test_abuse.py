@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 
+import msgspec
 import pytest
 
 from mailwarden.listener import config as lc
@@ -155,11 +156,13 @@ def test_a_reload_keeps_bans_and_counts(run_listener, smtp_backend):
     lt = run_listener(svc)
     port = svc.listen[0].port
     assert greeting_from(port, "127.0.0.28") == b"220 backend ESMTP\r\n"
-    lt.reload(lc.ListenerConfig(services=(svc.model_copy(update={"hostname": "svc"}),)))
+    lt.reload(lc.ListenerConfig(services=(msgspec.structs.replace(svc, hostname="svc"),)))
     with connect(port, source="127.0.0.28") as s:
         assert read_until_eof(s).startswith(SMTP_RATE_LIMITED)
     # Turned off by a reload, the limit refuses no one.
-    lt.reload(lc.ListenerConfig(services=(svc.model_copy(update={"rate_limit": lc.RateLimit()}),)))
+    lt.reload(
+        lc.ListenerConfig(services=(msgspec.structs.replace(svc, rate_limit=lc.RateLimit()),))
+    )
     assert greeting_from(port, "127.0.0.28") == b"220 backend ESMTP\r\n"
 
 
