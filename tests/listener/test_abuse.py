@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from mailwarden.listener import config as lc
-from tests.listener.clients import connect, exchange, greeter, read_line, read_until_eof
 from tests.support.listener import service, wait_until
-from tests.support.servers import MAIL_PASSWORD, MAIL_USER, NEWS_PASSWORD, NEWS_USER
+from tests.support.mail_servers import MAIL_PASSWORD, MAIL_USER, NEWS_PASSWORD, NEWS_USER
+from tests.support.raw_tcp import connect, exchange, greeter, read_line, read_until_eof
 
 SMTP_RATE_LIMITED = b"421 4.7.0 svc Error: rate limited: too many connections from your address"
 SMTP_BANNED = b"421 4.7.0 svc Error: banned: too many failures from your address"

@@ -15,7 +15,7 @@ import pytest
 from mailwarden.listener import config as lc
 from tests.support import wire
 from tests.support.listener import service
-from tests.support.servers import MAIL_PASSWORD, MAIL_USER
+from tests.support.mail_servers import MAIL_PASSWORD, MAIL_USER
 
 pytestmark = pytest.mark.servers
 
