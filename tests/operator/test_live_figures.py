@@ -18,12 +18,12 @@ import pytest
 
 from mailwarden.operator import figures, naming
 from mailwarden.operator import settings as settings_mod
-from tests.listener.clients import Backend, greeter, read_line
 from tests.operator.resources import MW, condition, group, mailservice, ready
 from tests.operator.test_kubectl import KUBECTL, kubeconfig, run
 from tests.support.kube import EmulatorThread
 from tests.support.listener import free_port
 from tests.support.operator import Client, OperatorThread, eventually
+from tests.support.raw_tcp import Backend, greeter, read_line
 
 __all__ = ["kubeconfig"]
 
