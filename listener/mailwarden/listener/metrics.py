@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import prometheus_client as prom
 
+from mailwarden.listener import figures
+
 # Outcomes of a connection attempt; one label value each on connections_total.
 ACCEPTED = "accepted"
 DENIED = "denied"
@@ -91,6 +93,16 @@ class Metrics:
             "1 while the listener drains sessions before exiting.",
             registry=r,
         )
+        self.open_files_limit = prom.Gauge(
+            "mailwarden_open_files_limit",
+            "The process's RLIMIT_NOFILE (soft: in force, raised to hard at start).",
+            ["limit"],
+            registry=r,
+        )
+
+    def exposition(self) -> tuple[int, bytes, str]:
+        """GET /metrics: the text format, for the health server's route table."""
+        return 200, prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
 
     def for_service(self, name: str) -> ServiceMetrics:
         return ServiceMetrics(self, name)
@@ -125,12 +137,21 @@ class ServiceMetrics:
         "outcome",
         "parent",
         "tls_reload",
+        "window",
     )
 
     def __init__(self, m: Metrics, name: str) -> None:
         self.parent = m
         self.active = m.active.labels(name)
-        self.outcome = {o: m.connections.labels(name, o) for o in OUTCOMES}
+        # Refusals also feed the five-minute window of /status (figures.py): the session
+        # code's `outcome[...].inc()` does both.
+        self.window = figures.RefusalWindow()
+        self.outcome: dict[str, figures.Counter] = {}
+        for o in OUTCOMES:
+            counter = m.connections.labels(name, o)
+            self.outcome[o] = (
+                figures.Counted(counter, self.window, o) if o in figures.STATUS_NAMES else counter
+            )
         self.bytes_up = m.bytes.labels(name, "upstream")
         self.bytes_down = m.bytes.labels(name, "downstream")
         self.duration = m.duration.labels(name)

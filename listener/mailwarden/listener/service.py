@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 from mailwarden.listener import acl, catalogue, config, limits, session, tls
 from mailwarden.listener import metrics as m
-from mailwarden.listener.protocols import base, replies_for
+from mailwarden.listener.protocols import base, gate_for, replies_for
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class ServiceRuntime:
         # where the listener reads commands (the NNTP gate).
         self.implicit_tls = False
         self.backend_tls: ssl.SSLContext | None = None
+        self.gate: base.GateFactory | None = None
+        # Hooks for admission policy and session observers (see session.Runtime).
+        self.admission: session.Admission | None = None
+        self.observe: Callable[[str], base.Observer] | None = None
         self._over_capacity: base.Conversation | None = None
         self.apply(cfg)
 
@@ -57,6 +62,12 @@ class ServiceRuntime:
         self.server_tls = server_tls
         self.implicit_tls = cfg.kind.tls is catalogue.TLSMode.IMPLICIT
         self.backend_tls = backend_tls
+        self.gate = gate_for(
+            cfg.kind.wire,
+            anonymous=cfg.anonymous,
+            starttls=server_tls is not None and not self.implicit_tls,
+            tls_active=self.implicit_tls,
+        )
         self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
         self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)
 
@@ -99,32 +110,11 @@ class ServiceRuntime:
         self.servers.clear()
 
     def sweep(self) -> None:
-        """Close sessions that outlived their timeout. Called periodically; a session's
-        `active` flag (set on every byte) restarts its idle clock."""
+        """Called periodically: each session decides whether it outlived its timeout."""
         now = self.loop.time()
-        t = self.config.timeouts
+        timeouts = self.config.timeouts
         for s in list(self.sessions):
-            if s.active:
-                s.active = False
-                s.idle_since = now
-                continue
-            state = s.state
-            if state in (session.State.RELAY, session.State.GATED):
-                limit = t.idle
-            elif state is session.State.REFUSING:
-                limit = t.refusal
-            elif state in (session.State.PROXY, session.State.TLS):
-                limit = t.handshake
-                if now - s.started > limit:
-                    s.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
-                    s.abort()
-                continue
-            else:
-                continue
-            if now - s.idle_since > limit:
-                s.close()
-            else:
-                s.flush_counters()
+            s.tick(now, timeouts)
 
     def session_ended(self) -> None:
         if not self.sessions:
