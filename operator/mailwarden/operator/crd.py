@@ -350,6 +350,13 @@ def mailservice_crd() -> Schema:
         _column("State", ".status.state", "Running, Stopped or Starting."),
         _column("Endpoints", ".status.endpoints", "Effective listen addresses and ports."),
         _column("Ready", f"{_READY}.status", "The Ready condition."),
+        _column("Active", ".status.connections.active", "Sessions open now, all pods.", "integer"),
+        _column(
+            "Refused",
+            ".status.connections.refused",
+            "Refusals in the last 5 minutes, all pods.",
+            "integer",
+        ),
         _column("Reason", f"{_READY}.reason", "Why Ready is what it is.", priority=1),
         _column("Replicas", ".spec.replicas", "Listener pods.", "integer", priority=1),
         _column(

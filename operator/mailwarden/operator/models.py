@@ -468,6 +468,43 @@ ObservedGeneration = Annotated[
 ]
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
+class Connections(_Status):
+    """Live figures summed over the listener pods serving the MailService, read from each
+    pod's /status at most every MAILWARDEN_FIGURES_SECONDS and written only when a figure
+    changed. Refusals are counted over the last 5 minutes."""
+
+    active: Count = Field(default=0, description="Sessions open now, all pods together.")
+    refused: Count = Field(
+        default=0, description="Refusals in the last 5 minutes, all outcomes together."
+    )
+    denied: Count = Field(
+        default=0, description="Refused in the last 5 minutes: address not allowed."
+    )
+    over_cap: Count = Field(
+        default=0, description="Refused in the last 5 minutes: over maxConnections."
+    )
+    over_address_cap: Count = Field(
+        default=0,
+        description="Refused in the last 5 minutes: over maxConnectionsPerAddress.",
+    )
+    rate_limited: Count = Field(
+        default=0, description="Refused in the last 5 minutes: over the address's rate limit."
+    )
+    banned: Count = Field(
+        default=0, description="Refused in the last 5 minutes: the address was banned."
+    )
+    backend_down: Count = Field(
+        default=0, description="Refused in the last 5 minutes: the backend did not answer."
+    )
+    banned_addresses: Count = Field(default=0, description="Addresses banned now.")
+    observed_at: datetime.datetime | None = Field(
+        default=None, description="When the pods were asked for these figures."
+    )
+
+
 class MailServiceStatus(_Status):
     """What the operator observed and did, as of observedGeneration."""
 
@@ -502,6 +539,10 @@ class MailServiceStatus(_Status):
         default=None,
         max_length=1024,
         description="Label selector of the listener pods (for the scale subresource).",
+    )
+    connections: Connections | None = Field(
+        default=None,
+        description="Live figures: sessions open now and refusals in the last 5 minutes.",
     )
 
 
