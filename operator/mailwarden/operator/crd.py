@@ -64,6 +64,27 @@ def _same_endpoint(a: str, b: str) -> str:
     return f"{address(a)} == {address(b)} && {port(a)} == {port(b)}"
 
 
+def _range_rules(section: str) -> list[Schema]:
+    """The ranges of models.ABUSE_RANGES as CEL, with the models' messages (the field named,
+    the value given and the range to use)."""
+    rules = []
+    for (owner, field), (low, high) in models.ABUSE_RANGES.items():
+        if owner != section:
+            continue
+        off = " (0: off)" if low == 0 else ""
+        rules.append(
+            {
+                "rule": f"!has(self.{field}) || (self.{field} >= {low} && self.{field} <= {high})",
+                "message": f"access.{section}.{field}: out of range; use {low} to {high}{off}",
+                "messageExpression": f"'access.{section}.{field}: ' + string(self.{field}) + "
+                f"' is out of range; use {low} to {high}{off}'",
+                "fieldPath": f".{field}",
+                "reason": "FieldValueInvalid",
+            }
+        )
+    return rules
+
+
 RULES: dict[str, list[Schema]] = {
     "MailServiceSpec": [
         {
@@ -110,6 +131,8 @@ RULES: dict[str, list[Schema]] = {
             "reason": "FieldValueInvalid",
         },
     ],
+    "RateLimit": _range_rules("rateLimit"),
+    "AutoBan": _range_rules("autoBan"),
     "GroupItem": [
         {
             "rule": " + ".join(

@@ -84,10 +84,12 @@ class World:
         specs = self.group_specs(namespace)
         out = []
         for (ns, _), body in self.services.items():
-            allow = ((body.get("spec") or {}).get("access") or {}).get("allowFrom")
-            if ns != namespace or not allow:
+            if ns != namespace:
                 continue
-            if group in groups.resolve(allow, specs).uses:
+            access = (body.get("spec") or {}).get("access") or {}
+            # allowFrom and autoBan.exemptFrom both render a group into the configuration.
+            named = (access.get("allowFrom"), (access.get("autoBan") or {}).get("exemptFrom"))
+            if any(root and group in groups.resolve(root, specs).uses for root in named):
                 out.append(body)
         return out
 
