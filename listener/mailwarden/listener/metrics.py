@@ -93,6 +93,16 @@ class Metrics:
             "1 while the listener drains sessions before exiting.",
             registry=r,
         )
+        self.open_files_limit = prom.Gauge(
+            "mailwarden_open_files_limit",
+            "The process's RLIMIT_NOFILE (soft: in force, raised to hard at start).",
+            ["limit"],
+            registry=r,
+        )
+
+    def exposition(self) -> tuple[int, bytes, str]:
+        """GET /metrics: the text format, for the health server's route table."""
+        return 200, prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
 
     def for_service(self, name: str) -> ServiceMetrics:
         return ServiceMetrics(self, name)

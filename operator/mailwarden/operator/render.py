@@ -82,7 +82,7 @@ def service_config(
         backend=lc.Backend(
             host=spec.backend.host,
             port=spec.backend.port or kind.port,
-            proxy_protocol=spec.backend.proxy_protocol.lower(),
+            proxy_protocol=_proxy_protocol(spec.backend.proxy_protocol),
             tls=lc.BackendTLS(
                 enabled=spec.backend.tls.enabled,
                 verify=not spec.backend.tls.insecure_skip_verify,
@@ -110,3 +110,11 @@ def listener_config(
         drain_seconds=drain_seconds,
         metrics=lc.Metrics(port=metrics_port),
     )
+
+
+def _proxy_protocol(value: str) -> lc.ProxyProtocol:
+    """The CRD's spelling (None, V1, V2) as the listener's (none, v1, v2)."""
+    for name in lc.PROXY_PROTOCOLS:
+        if name == value.lower():
+            return name
+    raise ValueError(f"unknown PROXY protocol version {value!r}")
