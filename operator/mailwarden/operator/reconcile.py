@@ -15,6 +15,7 @@ import pydantic
 
 from mailwarden.operator import (
     apply,
+    bans,
     children,
     conditions,
     conflicts,
@@ -189,6 +190,8 @@ class Context:
     written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # The last backend probe of each running MailService.
     probes: dict[Key, probe.Result] = dataclasses.field(default_factory=dict)
+    # When each MailService last got a ban Event (at most one per bans.EVENT_SECONDS).
+    ban_events: bans.Throttle = dataclasses.field(default_factory=bans.Throttle)
 
     async def write_status(
         self, kind: str, path: str, key: Key, old: Mapping[str, Any], new: Mapping[str, Any]
@@ -205,6 +208,7 @@ class Context:
         self.written.pop((kind, *key), None)
         if kind == "MailService":
             self.probes.pop(key, None)
+            self.ban_events.forget(key)
 
     async def backend_error(
         self, key: Key, built: children.Children, *, fresh: bool = False
@@ -528,6 +532,9 @@ async def write_figures(
             generation,
         )
         old_connections = old.get("connections")
+        banned = bans.message(old_connections, new_connections)
+        if banned is not None and ctx.ban_events.allow(key):
+            await events.post(ctx.api, body, "Warning", bans.REASON, banned)
         if figures.same_figures(old_connections, new_connections):
             if new_conditions == old_conditions:
                 return False
