@@ -17,8 +17,8 @@ import uvloop
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import main, server
-from tests.listener.clients import connect, greeter, read_line
 from tests.support.listener import free_port, service, wait_until
+from tests.support.raw_tcp import connect, greeter, read_line
 
 GREETING = b"220 process-test ready\r\n"
 DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from mailwarden.listener import config as lc
-from tests.listener.clients import Backend, echo_then_trailer, read_line
 from tests.support.listener import free_port, service, wait_until
+from tests.support.raw_tcp import Backend, echo_then_trailer, read_line
 
 GREETING = b"220 shutdown-test ready\r\n"
 

@@ -7,7 +7,8 @@ import pytest
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import server
-from tests.listener.clients import (
+from tests.support.listener import service, wait_until
+from tests.support.raw_tcp import (
     closed_by_peer,
     connect,
     echo_then_trailer,
@@ -16,7 +17,6 @@ from tests.listener.clients import (
     read_line,
     read_until_eof,
 )
-from tests.support.listener import service, wait_until
 
 GREETING = b"220 reload-test ready\r\n"
 DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"

@@ -103,6 +103,30 @@ class Timeouts(_Model, frozen=True, kw_only=True):
     refusal: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
 
 
+class RateLimit(_Model, frozen=True, kw_only=True):
+    """New connections per address and minute (a sliding minute: a burst of N is fine, the
+    N+1st within 60 seconds of the first is refused). 0: off."""
+
+    connections_per_minute: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    # IPv6 clients are counted per network of this many bits (one customer's /64).
+    ipv6_prefix_length: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64
+
+
+class AutoBan(_Model, frozen=True, kw_only=True):
+    """The `after_failures`th failure (a refused connection or a failed login) from one
+    address within `within_seconds` bans it for `ban_seconds`."""
+
+    after_failures: Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+    within_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    ban_seconds: Annotated[float, msgspec.Meta(gt=0, le=2_592_000)] = 600.0
+    # Never rate-limited or banned (the connection caps still apply).
+    exempt: tuple[str, ...] = ()
+    ipv6_prefix_length: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64
+
+    def __post_init__(self) -> None:
+        _set(self, "exempt", _cidrs("exempt", tuple(self.exempt)))
+
+
 class ServiceConfig(_Model, frozen=True, kw_only=True):
     """One mail service: where it listens, who may connect, and where sessions go."""
 
@@ -121,6 +145,8 @@ class ServiceConfig(_Model, frozen=True, kw_only=True):
     # Load balancers allowed to send a PROXY header (v1 or v2) before the session.
     proxy_protocol_from: tuple[str, ...] = ()
     timeouts: Timeouts = Timeouts()
+    rate_limit: RateLimit = RateLimit()
+    auto_ban: AutoBan | None = None
     # Host name used in greetings and refusals.
     hostname: str = "mailwarden"
     # Connections the kernel may queue before the listener accepts them; bounded so that a
@@ -269,6 +295,7 @@ def _yaml_dumper() -> Any:
 
 
 def _decode(type_: type, obj: Any) -> Any:
+    # Paths come as text from a file, or as Path objects from code that builds a configuration.
     if type_ is pathlib.Path and isinstance(obj, str | pathlib.PurePath):
         return pathlib.Path(obj)
     raise TypeError(f"Input should be a path, not {type(obj).__name__}")

@@ -13,6 +13,9 @@ OVER_ADDRESS_CAP = "over_address_cap"
 BACKEND_ERROR = "backend_error"
 PROXY_ERROR = "proxy_error"
 HANDSHAKE_FAILED = "handshake_failed"
+# Refused by the abuse defence: over the per-address rate limit, or banned.
+RATE_LIMITED = "rate_limited"
+BANNED = "banned"
 OUTCOMES = (
     ACCEPTED,
     DENIED,
@@ -21,6 +24,8 @@ OUTCOMES = (
     BACKEND_ERROR,
     PROXY_ERROR,
     HANDSHAKE_FAILED,
+    RATE_LIMITED,
+    BANNED,
 )
 
 # Session durations from a quick refused probe to a long IMAP IDLE.
@@ -60,6 +65,25 @@ class Metrics:
             "mailwarden_nntp_auth",
             "NNTP AUTHINFO results seen by the reader gate.",
             ["service", "result"],
+            registry=r,
+        )
+        self.login_failures = prom.Counter(
+            "mailwarden_login_failures",
+            "Failed logins the listener saw (SMTP AUTH, IMAP, POP3 in plaintext it reads; "
+            "NNTP AUTHINFO at its gate).",
+            ["service"],
+            registry=r,
+        )
+        self.bans = prom.Counter(
+            "mailwarden_bans",
+            "Addresses (IPv6: networks) banned after repeated failures.",
+            ["service"],
+            registry=r,
+        )
+        self.banned = prom.Gauge(
+            "mailwarden_banned_addresses",
+            "Addresses (IPv6: networks) banned now.",
+            ["service"],
             registry=r,
         )
         self.cap = prom.Gauge(
@@ -112,6 +136,9 @@ class Metrics:
             (self.bytes, [("upstream",), ("downstream",)]),
             (self.duration, [()]),
             (self.nntp_auth, [("success",), ("failure",)]),
+            (self.login_failures, [()]),
+            (self.bans, [()]),
+            (self.banned, [()]),
             (self.cap, [("service",), ("address",)]),
             (self.tls_reloads, [("success",), ("failure",)]),
         ):
@@ -127,9 +154,12 @@ class ServiceMetrics:
 
     __slots__ = (
         "active",
+        "banned",
+        "bans",
         "bytes_down",
         "bytes_up",
         "duration",
+        "login_failures",
         "nntp_auth",
         "outcome",
         "parent",
@@ -154,3 +184,6 @@ class ServiceMetrics:
         self.duration = m.duration.labels(name)
         self.nntp_auth = {r: m.nntp_auth.labels(name, r) for r in ("success", "failure")}
         self.tls_reload = {r: m.tls_reloads.labels(name, r) for r in ("success", "failure")}
+        self.login_failures = m.login_failures.labels(name)
+        self.bans = m.bans.labels(name)
+        self.banned = m.banned.labels(name)

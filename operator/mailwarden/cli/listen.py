@@ -55,6 +55,8 @@ class ManifestSource:
             )
             for problem in rendered.problems:
                 self.warnings.append(f"{name}: {problem}; refusing every client")
+            for problem in rendered.exempt_problems:
+                self.warnings.append(f"{name}: {problem}")
             services.append(rendered.service)
         try:
             # Built from data, so the command line's values are checked as a file's are.

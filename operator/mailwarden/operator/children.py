@@ -64,6 +64,7 @@ def build(
     # JSON (which is YAML too): the listener pod then needs no YAML parser (its footprint).
     text = lc.dumps(cfg, "json")
     services, endpoints, warnings = _services(msvc, lost)
+    warnings += [Warning("ExemptGroupUnresolved", p) for p in rendered.exempt_problems]
     return Children(
         config_map=config_map(msvc, text),
         deployment=deployment(msvc, settings),

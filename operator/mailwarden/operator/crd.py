@@ -27,6 +27,12 @@ from mailwarden.operator import models
 
 Schema = dict[str, Any]
 
+# Argo CD prunes (and deletes with its Application) whatever left the source, whatever Helm's
+# `helm.sh/resource-policy: keep` says; deleting a CRD deletes every MailService with it.
+# https://argo-cd.readthedocs.io/en/stable/user-guide/sync-options/ (Prune=false, Delete=false)
+ARGOCD_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"
+ARGOCD_KEEP = "Prune=false,Delete=false"
+
 # -- CEL rules ------------------------------------------------------------------------------
 # Each mirrors a check in models.py, with the same message where CEL can compute it; the tests
 # evaluate every one against the same examples as pydantic. Plain CEL only (no Kubernetes
@@ -56,6 +62,27 @@ def _same_endpoint(a: str, b: str) -> str:
         return f"(has({v}.port) ? {v}.port : std)"
 
     return f"{address(a)} == {address(b)} && {port(a)} == {port(b)}"
+
+
+def _range_rules(section: str) -> list[Schema]:
+    """The ranges of models.ABUSE_RANGES as CEL, with the models' messages (the field named,
+    the value given and the range to use)."""
+    rules = []
+    for (owner, field), (low, high) in models.ABUSE_RANGES.items():
+        if owner != section:
+            continue
+        off = " (0: off)" if low == 0 else ""
+        rules.append(
+            {
+                "rule": f"!has(self.{field}) || (self.{field} >= {low} && self.{field} <= {high})",
+                "message": f"access.{section}.{field}: out of range; use {low} to {high}{off}",
+                "messageExpression": f"'access.{section}.{field}: ' + string(self.{field}) + "
+                f"' is out of range; use {low} to {high}{off}'",
+                "fieldPath": f".{field}",
+                "reason": "FieldValueInvalid",
+            }
+        )
+    return rules
 
 
 RULES: dict[str, list[Schema]] = {
@@ -104,6 +131,8 @@ RULES: dict[str, list[Schema]] = {
             "reason": "FieldValueInvalid",
         },
     ],
+    "RateLimit": _range_rules("rateLimit"),
+    "AutoBan": _range_rules("autoBan"),
     "GroupItem": [
         {
             "rule": " + ".join(
@@ -298,6 +327,7 @@ def _crd(
         "metadata": {
             "name": f"{plural}.{models.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "mailwarden"},
+            "annotations": {ARGOCD_SYNC_OPTIONS: ARGOCD_KEEP},
         },
         "spec": {
             "group": models.GROUP,
@@ -343,6 +373,13 @@ def mailservice_crd() -> Schema:
         _column("State", ".status.state", "Running, Stopped or Starting."),
         _column("Endpoints", ".status.endpoints", "Effective listen addresses and ports."),
         _column("Ready", f"{_READY}.status", "The Ready condition."),
+        _column("Active", ".status.connections.active", "Sessions open now, all pods.", "integer"),
+        _column(
+            "Refused",
+            ".status.connections.refused",
+            "Refusals in the last 5 minutes, all pods.",
+            "integer",
+        ),
         _column("Reason", f"{_READY}.reason", "Why Ready is what it is.", priority=1),
         _column("Replicas", ".spec.replicas", "Listener pods.", "integer", priority=1),
         _column(
