@@ -15,12 +15,25 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 INF = math.inf
 
-Sample = tuple[str, dict[str, str], float]
+
+class Sample(NamedTuple):
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Family(NamedTuple):
+    """One metric as collected (prometheus_client's Metric: name, type, help, samples)."""
+
+    name: str
+    documentation: str
+    type: str
+    samples: list[Sample]
 
 
 def _number(value: float) -> str:
@@ -58,27 +71,27 @@ class CollectorRegistry:
             raise ValueError(f"duplicate metric {metric.name}")
         self._metrics.append(metric)
 
-    def collect(self) -> Iterator[tuple[_Metric[Any], list[Sample]]]:
+    def collect(self) -> Iterator[Family]:
         for metric in self._metrics:
-            yield metric, list(metric.samples())
+            yield Family(metric.name, metric.documentation, metric.kind, list(metric.samples()))
 
     def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """The value of one sample (as prometheus_client's registry answers it), or None."""
         want = labels or {}
-        for _, samples in self.collect():
-            for sample_name, sample_labels, value in samples:
-                if sample_name == name and sample_labels == want:
-                    return value
+        for family in self.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == want:
+                    return sample.value
         return None
 
 
 def generate_latest(registry: CollectorRegistry) -> bytes:
     out: list[str] = []
-    for metric, samples in registry.collect():
-        family = f"{metric.name}_total" if metric.kind == "counter" else metric.name
-        out.append(f"# HELP {family} {_escape_help(metric.documentation)}\n")
-        out.append(f"# TYPE {family} {metric.kind}\n")
-        for name, labels, value in samples:
+    for family in registry.collect():
+        exposed = f"{family.name}_total" if family.type == "counter" else family.name
+        out.append(f"# HELP {exposed} {_escape_help(family.documentation)}\n")
+        out.append(f"# TYPE {exposed} {family.type}\n")
+        for name, labels, value in family.samples:
             if labels:
                 text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items()))
                 out.append(f"{name}{{{text}}} {_number(value)}\n")
@@ -184,7 +197,7 @@ class Counter(_Metric[_Value]):
         self._unlabelled().inc(amount)
 
     def _child_samples(self, child: _Value, labels: dict[str, str]) -> Iterator[Sample]:
-        yield f"{self.name}_total", labels, child.get()
+        yield Sample(f"{self.name}_total", labels, child.get())
 
 
 class Gauge(_Metric[_Value]):
@@ -206,7 +219,7 @@ class Gauge(_Metric[_Value]):
         self._unlabelled().set_function(function)
 
     def _child_samples(self, child: _Value, labels: dict[str, str]) -> Iterator[Sample]:
-        yield self.name, labels, child.get()
+        yield Sample(self.name, labels, child.get())
 
 
 class _Buckets:
@@ -250,6 +263,6 @@ class Histogram(_Metric[_Buckets]):
         total = 0
         for bound, count in zip(child.bounds, child.counts, strict=True):
             total += count
-            yield f"{self.name}_bucket", {**labels, "le": _number(bound)}, float(total)
-        yield f"{self.name}_count", labels, float(total)
-        yield f"{self.name}_sum", labels, child.sum
+            yield Sample(f"{self.name}_bucket", {**labels, "le": _number(bound)}, float(total))
+        yield Sample(f"{self.name}_count", labels, float(total))
+        yield Sample(f"{self.name}_sum", labels, child.sum)
