@@ -39,7 +39,8 @@ def status_kib(pid: int, field: str) -> int:
 
 
 class Idle:
-    """A listener process with `n` idle SMTP services, as a pod runs it."""
+    """A listener process with `n` idle SMTP services, as a pod runs it (the image's
+    `mailwarden-listener` is `python -m mailwarden.listener`)."""
 
     def __init__(self, n: int, tmp: pathlib.Path) -> None:
         cfg = lc.build(
@@ -52,7 +53,7 @@ class Idle:
         path = tmp / f"listener-{n}.json"
         path.write_text(lc.dumps(cfg, "json"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden.cli", "listener", "--config", str(path)],
+            [sys.executable, "-m", "mailwarden.listener", "--config", str(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
