@@ -15,6 +15,8 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
   watch is lost;
 - equality-based label selectors (`k=v`, `k!=v`, `k`, `!k`) on list and watch;
 - paginated lists (`limit` and `continue`);
+- resource quantities of pods and Deployments stored in canonical form, as the API server
+  does (`1024Mi` -> `1Gi`; tests/support/quantities.py);
 - requests dropped from kmock's history once served (its router scans the whole history on
   every request, which made a GET 90x slower after 1,000 requests);
 - a stand-in for the Deployment controller (status follows spec at once, or on demand);
@@ -57,7 +59,7 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 from kmock._internal import parsing as kmock_parsing
 
-from tests.support import crdcheck, tables
+from tests.support import crdcheck, quantities, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATUS_SUBRESOURCE = {
@@ -388,6 +390,10 @@ class Emulator(kmock.KubernetesEmulator):
     ) -> dict[str, Any]:
         for policy in self.policies:
             policy(str(request.resource.plural), request.namespace, obj, old)
+        try:
+            quantities.canonicalise(str(request.resource.plural), obj)
+        except quantities.QuantityError as exc:
+            raise _error(422, "Invalid", str(exc)) from None
         crd = self.crds.get(str(request.resource.plural))
         if crd is None:
             return obj
