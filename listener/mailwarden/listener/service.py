@@ -32,6 +32,7 @@ class ServiceRuntime:
         self.sessions: set[session.ClientConnection] = set()
         self.servers: dict[config.Endpoint, asyncio.Server] = {}
         self.limiter = limits.ConnectionLimiter()
+        self.refusing = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.config = cfg
         self.allow: acl.AddressSet | acl.Everyone = acl.Everyone()
