@@ -7,6 +7,8 @@ import pytest
 from mailwarden.listener import config as lc
 from tests.support.listener import ListenerThread
 
+pytest_plugins = ["tests.support.attack"]
+
 
 @pytest.fixture
 def run_listener() -> Iterator[Callable[..., ListenerThread]]:
