@@ -12,9 +12,9 @@ import pytest
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import figures
-from tests.listener.clients import connect, greeter, read_line
 from tests.listener.test_process import GREETING, Served, get, write
 from tests.support.listener import free_port, service, wait_until
+from tests.support.raw_tcp import connect, greeter, read_line
 
 
 class Clock:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -433,10 +434,14 @@ def listener_process(
         for attempt in range(3):
             if attempt:
                 services = tuple(_fresh_ports(s) for s in services)
-            cfg = lc.ListenerConfig(
-                services=services,
-                metrics=fields.get("metrics") or lc.Metrics(address="127.0.0.1", port=free_port()),
-                **{k: v for k, v in fields.items() if k != "metrics"},
+            cfg = lc.build(
+                lc.ListenerConfig,
+                {
+                    "services": services,
+                    "metrics": fields.get("metrics")
+                    or lc.Metrics(address="127.0.0.1", port=free_port()),
+                    **{k: v for k, v in fields.items() if k != "metrics"},
+                },
             )
             workdir = tmp_path / f"listener-{len(started)}"
             workdir.mkdir()
@@ -474,9 +479,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _fresh_ports(svc: lc.ServiceConfig) -> lc.ServiceConfig:
     listen = tuple(
-        ep.model_copy(update={"port": free_port(ep.address or "127.0.0.1")}) for ep in svc.listen
+        msgspec.structs.replace(ep, port=free_port(ep.address or "127.0.0.1")) for ep in svc.listen
     )
-    return svc.model_copy(update={"listen": listen})
+    return msgspec.structs.replace(svc, listen=listen)
 
 
 def _logs(item: pytest.Item) -> str:

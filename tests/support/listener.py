@@ -101,12 +101,15 @@ def service(
     **fields: Any,
 ) -> lc.ServiceConfig:
     """A ServiceConfig for tests with a free port unless one is given."""
-    return lc.ServiceConfig(
-        name=name,
-        service=kind,
-        listen=(lc.Endpoint(address=address, port=port or free_port(address)),),
-        backend=lc.Backend(host=backend_host, port=backend_port, **fields.pop("backend", {})),
-        **fields,
+    return lc.build(
+        lc.ServiceConfig,
+        {
+            "name": name,
+            "service": kind,
+            "listen": [{"address": address, "port": port or free_port(address)}],
+            "backend": {"host": backend_host, "port": backend_port, **fields.pop("backend", {})},
+            **fields,
+        },
     )
 
 

@@ -1,17 +1,11 @@
 from __future__ import annotations
 
-import pathlib
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from mailwarden.listener import config as lc
-from tests.support import certs, wire
 from tests.support.listener import EVENT_LOOPS, ListenerThread
-from tests.support.servers_extra import nginx, prosody, slapd, smtp_sink, test_ca
-
-__all__ = ["listener_tls", "nginx", "prosody", "slapd", "smtp_sink", "test_ca"]
 
 
 @pytest.fixture(params=sorted(EVENT_LOOPS))
@@ -31,16 +25,3 @@ def run_listener(request: pytest.FixtureRequest) -> Iterator[Callable[..., Liste
     yield start
     for lt in started:
         lt.stop()
-
-
-@pytest.fixture
-def listener_tls(test_ca: certs.CA, tmp_path: pathlib.Path) -> wire.ListenerTLS:
-    return wire.make_listener_tls(test_ca, tmp_path / "listener-tls")
-
-
-@pytest.fixture
-def silent_backend() -> Iterator[int]:
-    """A port that accepts connections (in the kernel's backlog) and never answers: enough
-    for an admitted session to hold its slot in refusal tests."""
-    with socket.create_server((wire.HOST, 0), backlog=64) as sock:
-        yield sock.getsockname()[1]

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 # Outcome label (metrics.py, contract C2) -> field of the status JSON (contract C1).
-# rate_limited and banned are counted once abuse defence counts them; until then they stay 0.
 STATUS_NAMES: dict[str, str] = {
     "denied": "denied",
     "over_cap": "overCap",

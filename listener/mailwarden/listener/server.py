@@ -48,7 +48,12 @@ class Listener:
     def figures(self) -> list[figures.Service]:
         """The live figures of each service in force (GET /status)."""
         return [
-            figures.Service(name=name, active=rt.limiter.active, window=rt.metrics.window)
+            figures.Service(
+                name=name,
+                active=rt.limiter.active,
+                window=rt.metrics.window,
+                banned_addresses=rt.guard.banned_now(rt.loop.time()),
+            )
             for name, rt in self.services.items()
         ]
 

@@ -8,9 +8,9 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from mailwarden.listener import acl, catalogue, config, limits, session, tls
+from mailwarden.listener import abuse, acl, catalogue, config, limits, session, tls
 from mailwarden.listener import metrics as m
-from mailwarden.listener.protocols import base, gate_for, replies_for
+from mailwarden.listener.protocols import auth_watch_for, authwatch, base, gate_for, replies_for
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class ServiceRuntime:
         self.servers: dict[config.Endpoint, asyncio.Server] = {}
         self.limiter = limits.ConnectionLimiter()
         self.refusing = 0
+        # Rate limit and bans; kept across reloads like the limiter's counts.
+        self.guard = abuse.Guard()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.config = cfg
         self.allow: acl.AddressSet | acl.Everyone = acl.Everyone()
@@ -47,6 +49,7 @@ class ServiceRuntime:
         # Hooks for admission policy and session observers (see session.Runtime).
         self.admission: session.Admission | None = None
         self.observe: Callable[[str], base.Observer] | None = None
+        self.failure: Callable[[str], None] | None = None
         self._over_capacity: base.Conversation | None = None
         self.apply(cfg)
 
@@ -58,6 +61,15 @@ class ServiceRuntime:
         self.allow = acl.policy(cfg.allow)
         self.trusted_proxies = acl.AddressSet(cfg.proxy_protocol_from)
         self.limiter.reconfigure(cfg.max_connections, cfg.max_connections_per_address)
+        self.guard.configure(abuse_policy(cfg))
+        guard, loop = self.guard, self.loop
+        # Read at each scrape: bans end by themselves, without an event to count them down.
+        self.metrics.banned.set_function(lambda: guard.banned_now(loop.time()))
+        # The hooks cost nothing when the policy is off: the session skips a None.
+        self.admission = self._admit if guard.enabled else None
+        self.failure = self._failure if cfg.auto_ban is not None else None
+        watch = auth_watch_for(cfg.kind.wire) if cfg.auto_ban is not None else None
+        self.observe = self._observer(watch) if watch is not None else None
         self.replies = replies_for(cfg.kind.wire)
         self._over_capacity = None
         self.server_tls = server_tls
@@ -71,6 +83,46 @@ class ServiceRuntime:
         )
         self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
         self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)
+
+    def _admit(self, address: str) -> session.Refusal | None:
+        """The abuse defence's word on a new connection, before any backend is contacted:
+        a banned or rate-limited address is refused in its protocol's words for a temporary
+        refusal, saying why."""
+        ip, name = acl.parse_client(address)
+        verdict, wait = self.guard.admit(ip, name, self.loop.time())
+        if verdict is abuse.Verdict.ADMITTED:
+            return None
+        retry = abuse.retry_after(wait)
+        host = self.config.hostname
+        if verdict is abuse.Verdict.BANNED:
+            return session.Refusal(m.BANNED, self.replies.banned(host, retry))
+        self._failure(address)
+        return session.Refusal(m.RATE_LIMITED, self.replies.rate_limited(host, retry))
+
+    def _observer(self, watch: Callable[[], authwatch.LineWatch]) -> Callable[[str], base.Observer]:
+        def observe(client: str) -> base.Observer:
+            def failed() -> None:
+                self.metrics.login_failures.inc()
+                self._failure(client)
+
+            return authwatch.LoginObserver(watch(), failed)
+
+        return observe
+
+    def _failure(self, client: str) -> None:
+        """A refusal or a failed login from a client: count it towards a ban."""
+        address, name = acl.parse_client(client)
+        ban = self.guard.failure(address, name, self.loop.time())
+        if ban is not None:
+            self.metrics.bans.inc()
+            log.warning(
+                "%s: %s banned for %.0f s after %d failures within %.0f s",
+                self.config.name,
+                ban.key,
+                ban.until - ban.started,
+                ban.failures,
+                ban.within_seconds,
+            )
 
     def over_capacity(self) -> base.Conversation:
         """The over-cap refusal. A flood is mostly these: a stateless one (OneShot) is made
@@ -130,3 +182,16 @@ class ServiceRuntime:
         fut: asyncio.Future[None] = self.loop.create_future()
         self._idle_waiters.append(fut)
         await fut
+
+
+def abuse_policy(cfg: config.ServiceConfig) -> abuse.Policy:
+    ban = cfg.auto_ban
+    return abuse.Policy(
+        connections_per_minute=cfg.rate_limit.connections_per_minute,
+        rate_limit_ipv6_prefix=cfg.rate_limit.ipv6_prefix_length,
+        after_failures=ban.after_failures if ban else 0,
+        within_seconds=ban.within_seconds if ban else 60.0,
+        ban_seconds=ban.ban_seconds if ban else 600.0,
+        ban_ipv6_prefix=ban.ipv6_prefix_length if ban else 64,
+        exempt=acl.AddressSet(ban.exempt) if ban else frozenset(),
+    )

@@ -92,6 +92,9 @@ class Runtime(Protocol):
     observe: Callable[[str], base.Observer] | None
     # Refused sessions of the service still open (bounded by REFUSING_LIMIT).
     refusing: int
+    # Told of every refusal of a client by the access list or a cap, and of every failed
+    # login a gate sees, with the client's address (the auto-ban counts them).
+    failure: Callable[[str], None] | None
     server_tls: ssl.SSLContext | None
     implicit_tls: bool
     backend_tls: ssl.SSLContext | None
@@ -440,6 +443,8 @@ class ClientConnection(asyncio.Protocol):
             self._fail(m.PROXY_ERROR, f"unusable client address {self.client[0]!r}")
             return
         if address not in rt.allow:
+            if rt.failure is not None:
+                rt.failure(name)
             self._refuse(m.DENIED, rt.replies.denied(rt.config.hostname))
             return
         if rt.admission is not None:
@@ -449,6 +454,8 @@ class ClientConnection(asyncio.Protocol):
                 return
         verdict = rt.limiter.acquire(name)
         if verdict is not limits.Verdict.ADMITTED:
+            if rt.failure is not None:
+                rt.failure(name)
             outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP
             self._refuse(outcome, rt.over_capacity())
             return
@@ -555,7 +562,11 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_down += len(out.to_client)
             self.transport.write(out.to_client)
         if out.auth is not None:
-            self.rt.metrics.nntp_auth[out.auth.value].inc()
+            rt = self.rt
+            rt.metrics.nntp_auth[out.auth.value].inc()
+            if out.auth is base.AuthResult.FAILURE and rt.failure is not None:
+                rt.metrics.login_failures.inc()
+                rt.failure(self.client[0])
         if out.open:
             self.state = State.RELAY
             self.gate = None

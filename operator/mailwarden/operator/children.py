@@ -63,6 +63,7 @@ def build(
     )
     text = lc.dumps(cfg)
     services, endpoints, warnings = _services(msvc, lost)
+    warnings += [Warning("ExemptGroupUnresolved", p) for p in rendered.exempt_problems]
     return Children(
         config_map=config_map(msvc, text),
         deployment=deployment(msvc, settings),

@@ -21,6 +21,8 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_MAILSERVICE = f"{models.GROUP}/mailservice"
 LABEL_SERVICE_KIND = f"{models.GROUP}/service"
+# On listener pods: the Deployment (listener) they belong to.
+LABEL_LISTENER = f"{models.GROUP}/listener"
 
 # On a listener Service: the address it holds (empty: any).
 ANNOTATION_ADDRESS = f"{models.GROUP}/address"

@@ -15,10 +15,12 @@ import pydantic
 
 from mailwarden.operator import (
     apply,
+    bans,
     children,
     conditions,
     conflicts,
     events,
+    figures,
     groups,
     kube,
     manifests,
@@ -77,10 +79,12 @@ class World:
         specs = self.group_specs(namespace)
         out = []
         for (ns, _), body in self.services.items():
-            allow = ((body.get("spec") or {}).get("access") or {}).get("allowFrom")
-            if ns != namespace or not allow:
+            if ns != namespace:
                 continue
-            if group in groups.resolve(allow, specs).uses:
+            access = (body.get("spec") or {}).get("access") or {}
+            # allowFrom and autoBan.exemptFrom both render a group into the configuration.
+            named = (access.get("allowFrom"), (access.get("autoBan") or {}).get("exemptFrom"))
+            if any(root and group in groups.resolve(root, specs).uses for root in named):
                 out.append(body)
         return out
 
@@ -180,6 +184,8 @@ class Context:
     written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # The last backend probe of each running MailService.
     probes: dict[Key, probe.Result] = dataclasses.field(default_factory=dict)
+    # When each MailService last got a ban Event (at most one per bans.EVENT_SECONDS).
+    ban_events: bans.Throttle = dataclasses.field(default_factory=bans.Throttle)
 
     async def write_status(
         self, kind: str, path: str, key: Key, old: Mapping[str, Any], new: Mapping[str, Any]
@@ -196,6 +202,7 @@ class Context:
         self.written.pop((kind, *key), None)
         if kind == "MailService":
             self.probes.pop(key, None)
+            self.ban_events.forget(key)
 
     async def backend_error(
         self, key: Key, built: children.Children, *, fresh: bool = False
@@ -451,6 +458,53 @@ async def probe_backend(ctx: Context, key: Key, world: World) -> bool:
         return False
     await mailservice(ctx, body, world)
     return True
+
+
+async def write_figures(
+    ctx: Context, key: Key, world: World, outcome: figures.Outcome, observed_at: str
+) -> bool:
+    """Put a MailService's live figures in its status (status.connections and the
+    FiguresAvailable condition), only when a figure or the condition changed: a quiet
+    cluster stays write-free. True when it wrote."""
+    async with ctx.locks(key):
+        if key not in world.services:
+            return False
+        body = world.services[key]
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return False
+        old = ctx.old_status("MailService", body)
+        new_connections = figures.connections(outcome, observed_at)
+        status, reason, message = figures.condition(outcome)
+        old_conditions = list(old.get("conditions") or [])
+        previous = conditions.get(old_conditions, figures.FIGURES_AVAILABLE)
+        generation = int(meta.get("generation") or 0)
+        if previous is not None:
+            # Not a reason to write: the figures do not depend on the spec's generation.
+            generation = int(previous.get("observedGeneration") or generation)
+        new_conditions = conditions.set_condition(
+            old_conditions,
+            figures.FIGURES_AVAILABLE,
+            status,
+            reason,
+            message,
+            generation,
+        )
+        old_connections = old.get("connections")
+        banned = bans.message(old_connections, new_connections)
+        if banned is not None and ctx.ban_events.allow(key):
+            await events.post(ctx.api, body, "Warning", bans.REASON, banned)
+        if figures.same_figures(old_connections, new_connections):
+            if new_conditions == old_conditions:
+                return False
+            assert old_connections is not None
+            new_connections = dict(old_connections)  # observedAt stays with the figures
+        path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
+        patch = {"connections": new_connections, "conditions": new_conditions}
+        await ctx.api.patch(f"{path}/status", {"status": patch})
+        ctx.written[("MailService", *key)] = {**old, **patch}
+        metrics.FIGURE_WRITES.inc()
+        return True
 
 
 def world_of(services: Mapping[Key, Any], groups_: Mapping[Key, Any]) -> World:

@@ -210,7 +210,7 @@ def mailservice(
     state = state_of(f)
     last_change = old.get("lastStateChange") if old.get("state") == state else None
     # The shape of models.MailServiceStatus, from which the CRD's status schema is made.
-    return {
+    out: dict[str, Any] = {
         "observedGeneration": gen,
         "state": state,
         "lastStateChange": last_change or timestamp,
@@ -220,6 +220,10 @@ def mailservice(
         "endpoints": [endpoint(e.address, e.port) for e in built.endpoints],
         "conditions": conds,
     }
+    # The live figures are written by the poller (reconcile.figures), not here; keep them.
+    if "connections" in old:
+        out["connections"] = old["connections"]
+    return out
 
 
 def endpoint(address: str | None, port: int) -> str:

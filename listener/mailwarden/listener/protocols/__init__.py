@@ -9,11 +9,12 @@ wire without its module fails at start, not at the first connection."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import cast
 
 from mailwarden.listener.catalogue import Wire
-from mailwarden.listener.protocols import base
+from mailwarden.listener.protocols import authwatch, base
 
 
 def _load(wire: Wire) -> ModuleType:
@@ -50,4 +51,13 @@ def gate_for(
     return cast(
         "base.GateFactory | None",
         make(anonymous=anonymous, starttls=starttls, tls_active=tls_active),
+    )
+
+
+def auth_watch_for(wire: Wire) -> Callable[[], authwatch.LineWatch] | None:
+    """The login watcher of a protocol (its module's `AuthWatch`), or None: for protocols
+    whose failed logins the listener does not read in a relayed session (NNTP's are seen
+    by its reader gate instead)."""
+    return cast(
+        "Callable[[], authwatch.LineWatch] | None", getattr(_MODULES[wire], "AuthWatch", None)
     )

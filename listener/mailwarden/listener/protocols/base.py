@@ -58,25 +58,50 @@ class Replies(Protocol):
 
     def unavailable(self, hostname: str) -> Conversation: ...
 
+    def rate_limited(self, hostname: str, retry_after: int) -> Conversation:
+        """Too many new connections from the client's address (a temporary refusal)."""
+        ...
+
+    def banned(self, hostname: str, retry_after: int) -> Conversation:
+        """The client's address is banned for a while after repeated failures."""
+        ...
+
 
 class FixedReplies:
     """Refusals that are one fixed line each and then a close (POP3, IMAP, NNTP)."""
 
-    __slots__ = ("_denied", "_over_capacity", "_unavailable")
+    __slots__ = ("_banned", "_denied", "_over_capacity", "_rate_limited", "_unavailable")
 
-    def __init__(self, *, over_capacity: bytes, denied: bytes, unavailable: bytes) -> None:
-        self._over_capacity = over_capacity
-        self._denied = denied
-        self._unavailable = unavailable
+    def __init__(
+        self,
+        *,
+        over_capacity: bytes,
+        denied: bytes,
+        unavailable: bytes,
+        rate_limited: bytes,
+        banned: bytes,
+    ) -> None:
+        self._over_capacity = OneShot(over_capacity)
+        self._denied = OneShot(denied)
+        self._unavailable = OneShot(unavailable)
+        self._rate_limited = OneShot(rate_limited)
+        self._banned = OneShot(banned)
 
+    # Stateless: one conversation serves every refused client (a flood is mostly these).
     def over_capacity(self, hostname: str) -> Conversation:
-        return OneShot(self._over_capacity)
+        return self._over_capacity
 
     def denied(self, hostname: str) -> Conversation:
-        return OneShot(self._denied)
+        return self._denied
 
     def unavailable(self, hostname: str) -> Conversation:
-        return OneShot(self._unavailable)
+        return self._unavailable
+
+    def rate_limited(self, hostname: str, retry_after: int) -> Conversation:
+        return self._rate_limited
+
+    def banned(self, hostname: str, retry_after: int) -> Conversation:
+        return self._banned
 
 
 class AuthResult(enum.Enum):

@@ -35,7 +35,17 @@ BEFORE_AUTH = frozenset({b"CAPABILITIES", b"MODE", b"AUTHINFO", b"QUIT", b"HELP"
 MULTILINE = frozenset({b"100", b"101", b"215"})
 
 
-REPLIES = base.FixedReplies(over_capacity=OVER_CAPACITY, denied=DENIED, unavailable=UNAVAILABLE)
+RATE_LIMITED = b"400 Rate limited: too many connections from your address, try again later\r\n"
+BANNED = b"400 Banned: too many failures from your address, try again later\r\n"
+
+
+REPLIES = base.FixedReplies(
+    over_capacity=OVER_CAPACITY,
+    denied=DENIED,
+    unavailable=UNAVAILABLE,
+    rate_limited=RATE_LIMITED,
+    banned=BANNED,
+)
 
 
 AuthResult = base.AuthResult
