@@ -8,6 +8,7 @@ import socket
 import ssl
 import time
 
+import msgspec
 import pytest
 
 from mailwarden.listener import config as lc
@@ -445,7 +446,7 @@ def test_sessions_held_across_a_reload_that_recreates_their_service_count_agains
             assert lp.wait_metric(RELOADS, before + 1, result="success") == before + 1
 
         reload(other)
-        reload(svc.model_copy(update={"max_connections": 2}), other)
+        reload(msgspec.structs.replace(svc, max_connections=2), other)
         with connect(port) as s:
             assert recv_until(s, b"\r\n") == OVER_CAP
         assert lp.metric(ACTIVE, service="attack/smtp") == 5
