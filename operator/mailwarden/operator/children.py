@@ -61,7 +61,8 @@ def build(
         drain_seconds=float(msvc.spec.drain_seconds),
         metrics_port=settings.metrics_port,
     )
-    text = lc.dumps(cfg)
+    # JSON (which is YAML too): the listener pod then needs no YAML parser (its footprint).
+    text = lc.dumps(cfg, "json")
     services, endpoints, warnings = _services(msvc, lost)
     warnings += [Warning("ExemptGroupUnresolved", p) for p in rendered.exempt_problems]
     return Children(
@@ -380,6 +381,23 @@ def network_policy(
             "ports": [{"protocol": "TCP", "port": settings.metrics_port}],
         }
     )
+    if settings.operator_namespace and settings.figures_seconds > 0:
+        # The operator reads the live figures (GET /status) on the metrics port.
+        ingress.append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {
+                                "kubernetes.io/metadata.name": settings.operator_namespace
+                            }
+                        },
+                        "podSelector": {"matchLabels": {naming.LABEL_COMPONENT: "operator"}},
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": settings.metrics_port}],
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
