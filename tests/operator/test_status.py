@@ -59,6 +59,8 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         running=False,
         available_replicas=0,
         backend_error="Connection refused",
+        foreign=("Service x is controlled by Example y (uid)",),
+        pending=("the load balancer to assign 192.0.2.1",),
     )
     order = []
     checks = list(status.CHECKS)
@@ -70,9 +72,11 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         Reason.GROUP_NOT_FOUND,
         Reason.GROUP_CYCLE,
         Reason.LISTEN_CONFLICT,
+        Reason.OWNED_ELSEWHERE,
         Reason.STOPPED,
         Reason.BACKEND_UNREACHABLE,
         Reason.STARTING,
+        Reason.ADDRESS_PENDING,
     ]
 
 

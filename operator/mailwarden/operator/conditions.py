@@ -13,6 +13,9 @@ Status = Literal["True", "False", "Unknown"]
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+# Not a kstatus condition: True while the spec asks for something that cannot work as
+# written (the reason names what).
+WARNING = "Warning"
 
 
 class Condition(TypedDict):
@@ -31,9 +34,15 @@ class Reason:
     GROUP_NOT_FOUND = "IPAddressGroupNotFound"
     GROUP_CYCLE = "IPAddressGroupCycle"
     LISTEN_CONFLICT = "ListenConflict"
+    # A child's name is taken by an object another owner controls.
+    OWNED_ELSEWHERE = "OwnedElsewhere"
     STOPPED = "Stopped"
     BACKEND_UNREACHABLE = "BackendUnreachable"
     STARTING = "Starting"
+    # The Service has not got its address yet (load balancer, node port or cluster IP).
+    ADDRESS_PENDING = "AddressPending"
+    # Warnings (Warning condition and Events).
+    CLIENT_ADDRESS_LOST = "ClientAddressLost"
     RUNNING = "Running"
     RESOLVED = "Resolved"
     RECONCILED = "Reconciled"
