@@ -5,7 +5,7 @@
 #                      operator runs in the pods of every MailService. No Kubernetes client.
 #   --target operator  mailwarden (the default target): `mailwarden operator`, the chart's
 #                      Deployment. Everything the listener image has, plus kopf and the client.
-# Why two images from one file: README.md, "Images".
+# Why two images from one file: docs/development.md, "Images".
 #
 # Reproducible builds (inputs: the pinned base image, the lock files, the source):
 #   export SOURCE_DATE_EPOCH="$(git log -1 --format=%ct)"

@@ -1,24 +1,11 @@
-from __future__ import annotations
+"""The suite's fixtures live in modules under tests/support/ and are registered here, once,
+for every directory; session-wide checks are plugins of their own."""
 
-from collections.abc import Callable, Iterator
-
-import pytest
-
-from mailwarden.listener import config as lc
-from tests.support.listener import ListenerThread
-
-
-@pytest.fixture
-def run_listener() -> Iterator[Callable[..., ListenerThread]]:
-    """Start listeners for a test; every one is stopped at the end."""
-    started: list[ListenerThread] = []
-
-    def start(*services: lc.ServiceConfig, **options: object) -> ListenerThread:
-        cfg = lc.ListenerConfig(services=services, **options)  # type: ignore[arg-type]
-        lt = ListenerThread(cfg).start()
-        started.append(lt)
-        return lt
-
-    yield start
-    for lt in started:
-        lt.stop()
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.mail_servers",
+    "tests.support.ldap_http_xmpp_servers",
+    "tests.support.smtp_sink",
+    "tests.support.cel_coverage",
+    "tests.support.attack",
+]

@@ -77,11 +77,24 @@ def test_names_short_names_categories_and_subresources():
     assert ipg["spec"]["versions"][0]["subresources"] == {"status": {}}
 
 
-def test_printer_columns_show_service_startup_state_address_endpoints_ready_and_age():
+def test_printer_columns_show_service_startup_state_address_endpoints_ready_active_refused_age():
     (version,) = crd.mailservice_crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"] if "priority" not in c}
-    assert list(columns) == ["Service", "Startup", "State", "Address", "Endpoints", "Ready", "Age"]
+    assert list(columns) == [
+        "Service",
+        "Startup",
+        "State",
+        "Address",
+        "Endpoints",
+        "Ready",
+        "Active",
+        "Refused",
+        "Age",
+    ]
     assert columns["Address"]["jsonPath"] == ".status.address"
+    assert columns["Active"]["jsonPath"] == ".status.connections.active"
+    assert columns["Refused"]["jsonPath"] == ".status.connections.refused"
+    assert columns["Active"]["type"] == columns["Refused"]["type"] == "integer"
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Age"] == {
         "name": "Age",
@@ -128,6 +141,21 @@ def test_status_fields_are_the_ones_the_operator_writes():
             "effectiveMaxConnectionsPerPod",
             "replicas",
             "selector",
+            "connections",
+        ]
+    )
+    assert sorted(status["properties"]["connections"]["properties"]) == sorted(
+        [
+            "active",
+            "refused",
+            "denied",
+            "overCap",
+            "overAddressCap",
+            "rateLimited",
+            "banned",
+            "backendDown",
+            "bannedAddresses",
+            "observedAt",
         ]
     )
     assert status["properties"]["state"]["enum"] == ["Running", "Stopped", "Starting"]

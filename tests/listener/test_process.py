@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import msgspec
 import pytest
 import uvloop
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import main, server
-from tests.listener.clients import connect, greeter, read_line
 from tests.support.listener import free_port, service, wait_until
+from tests.support.raw_tcp import connect, greeter, read_line
 
 GREETING = b"220 process-test ready\r\n"
 DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"
@@ -163,8 +164,8 @@ def test_an_invalid_config_file_is_refused_counted_and_the_old_config_keeps_work
         assert read_line(c) == GREETING
     assert get(cfg, "/readyz").status_code == 200
     # A good file again is taken.
-    changed = cfg.model_copy(
-        update={"services": (cfg.services[0].model_copy(update={"allow": ("127.0.0.2/32",)}),)}
+    changed = msgspec.structs.replace(
+        cfg, services=(msgspec.structs.replace(cfg.services[0], allow=("127.0.0.2/32",)),)
     )
     write(path, lc.dumps(changed))
     wait_until(

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from tests.listener.clients import closed_by_peer, connect, greeter, read_line, read_until_eof
 from tests.support.listener import service
+from tests.support.raw_tcp import closed_by_peer, connect, greeter, read_line, read_until_eof
 
 GREETING = b"220 behind-the-balancer ready\r\n"
 DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"

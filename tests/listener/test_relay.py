@@ -7,14 +7,14 @@ import os
 import socket
 import threading
 
-from tests.listener.clients import (
+from tests.support.listener import service, wait_until
+from tests.support.raw_tcp import (
     connect,
     echo_then_trailer,
     greeter,
     read_line,
     read_until_eof,
 )
-from tests.support.listener import service, wait_until
 
 GREETING = b"220 relay-test ready\r\n"
 OVER_CAP = b"421 4.7.0 mailwarden Error: too many connections, try again later\r\n"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import server
-from tests.listener.clients import (
+from tests.support.listener import service, wait_until
+from tests.support.raw_tcp import (
     closed_by_peer,
     connect,
     echo_then_trailer,
@@ -15,7 +17,6 @@ from tests.listener.clients import (
     read_line,
     read_until_eof,
 )
-from tests.support.listener import service, wait_until
 
 GREETING = b"220 reload-test ready\r\n"
 DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"
@@ -62,7 +63,7 @@ def test_a_reload_changes_who_may_connect_and_the_cap_while_an_open_session_surv
     port = before.listen[0].port
     with connect(port, source="127.0.0.10") as kept:
         assert read_line(kept) == GREETING
-        after = before.model_copy(update={"allow": ("127.0.0.20/32",), "max_connections": 1})
+        after = msgspec.structs.replace(before, allow=("127.0.0.20/32",), max_connections=1)
         lt.reload(lc.ListenerConfig(services=(after,)))
         # The open session is still relayed, though its address is no longer allowed.
         assert exchange(kept, b"still here\r\n") == b"still here\r\n"

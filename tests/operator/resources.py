@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from mailwarden.listener import config as lc
 from mailwarden.operator import listeners, models, naming
 from tests.support.operator import Client
@@ -57,7 +59,7 @@ def listener_config(kube: Client, ns: str, name: str) -> lc.ListenerConfig:
     cfg = lc.loads(cm["data"][naming.CONFIG_FILE])
     mine = [s for s in cfg.services if s.name == f"{ns}/{name}"]
     others = [s for s in cfg.services if s.name != f"{ns}/{name}"]
-    return cfg.model_copy(update={"services": tuple(mine + others)})
+    return msgspec.structs.replace(cfg, services=tuple(mine + others))
 
 
 def events_include(kube: Client, ns: str, name: str, reasons: set[str]) -> None:

@@ -157,3 +157,61 @@ def test_the_operator_command_reconciles_and_serves_liveness_and_metrics(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+ABUSE_MANIFESTS = """\
+apiVersion: mailwarden.io/v1alpha1
+kind: MailService
+metadata: {name: imap, namespace: mail}
+spec:
+  service: IMAP
+  listen: [{address: 127.0.0.1, port: 11143}]
+  access:
+    rateLimit: {connectionsPerMinute: 30}
+    autoBan: {afterFailures: 5, withinSeconds: 60, banSeconds: 600, exemptFrom: office}
+  backend: {host: 127.0.0.1, port: 143}
+---
+apiVersion: mailwarden.io/v1alpha1
+kind: IPAddressGroup
+metadata: {name: office, namespace: mail}
+spec:
+  items: [{network: 198.51.100.0/24}, {host: "2001:db8::7"}]
+"""
+
+
+def test_listen_renders_the_rate_limit_and_auto_ban_with_the_exempt_group_resolved(
+    tmp_path: pathlib.Path,
+) -> None:
+    (tmp_path / "imap.yaml").write_text(ABUSE_MANIFESTS)
+    result = mailwarden("listen", "-f", str(tmp_path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    svc = yaml.safe_load(result.stdout)["services"][0]
+    assert svc["rate_limit"] == {"connections_per_minute": 30, "ipv6_prefix_length": 64}
+    assert svc["auto_ban"] == {
+        "after_failures": 5,
+        "within_seconds": 60.0,
+        "ban_seconds": 600.0,
+        "exempt": ["198.51.100.0/24", "2001:db8::7/128"],
+        "ipv6_prefix_length": 64,
+    }
+
+
+def test_listen_refuses_an_out_of_range_auto_ban_naming_the_field(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "imap.yaml").write_text(
+        ABUSE_MANIFESTS.replace("afterFailures: 5", "afterFailures: 0")
+    )
+    result = mailwarden("listen", "-f", str(tmp_path), "--print-config")
+    assert result.returncode == 2
+    assert "access.autoBan.afterFailures: 0 is out of range; use 1 to 10000" in result.stderr
+
+
+def test_listen_warns_when_the_exempt_group_is_missing_and_exempts_nobody(
+    tmp_path: pathlib.Path,
+) -> None:
+    (tmp_path / "imap.yaml").write_text(
+        ABUSE_MANIFESTS.replace("exemptFrom: office", "exemptFrom: gone")
+    )
+    result = mailwarden("listen", "-f", str(tmp_path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert "access.autoBan.exemptFrom: IPAddressGroup not found: gone" in result.stderr
+    assert yaml.safe_load(result.stdout)["services"][0]["auto_ban"]["exempt"] == []

@@ -10,6 +10,7 @@ from typing import Any
 
 from mailwarden.operator import kube as kube_mod
 from mailwarden.operator import models, naming
+from mailwarden.operator import settings as settings_mod
 from tests.deploy.tools import by_kind, render
 from tests.operator.resources import MW, events_include, group, mailservice, ready
 from tests.support.kube import EmulatorThread
@@ -177,7 +178,11 @@ def run(namespaces: tuple[str, ...], ns: str) -> tuple[set[Triple], set[Triple]]
                 json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
             )
             assert r.status_code < 300, r.text
-        op = OperatorThread(et.url, namespaces=namespaces).start()
+        # The live figures on, often enough to run during the exercise (pods are listed).
+        settings = settings_mod.Settings(
+            image="mailwarden:test", backend_probe_seconds=0, figures_seconds=1
+        )
+        op = OperatorThread(et.url, settings=settings, namespaces=namespaces).start()
         try:
             exercise(client, ns)
         finally:

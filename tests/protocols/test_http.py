@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from mailwarden.listener.protocols import http
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
 from tests.support import wire
 from tests.support.listener import free_port, service, wait_until
 

@@ -13,7 +13,7 @@ from ldap3.protocol.rfc4511 import LDAPMessage
 from pyasn1.codec.ber import decoder
 
 from mailwarden.listener.protocols import ldap
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
 from tests.support import wire
 from tests.support.listener import free_port, service
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from mailwarden.listener.protocols import xmpp
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
 from tests.support import wire, xmpp_client
 from tests.support.listener import free_port, service, wait_until
 

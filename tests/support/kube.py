@@ -17,8 +17,13 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
 - requests dropped from kmock's history once served (its router scans the whole history on
   every request, which made a GET 90x slower after 1,000 requests);
 - a stand-in for the Deployment controller (status follows spec at once, or on demand);
+- optionally, real listener pods for listener Deployments (tests/support/pods.py);
+- a count of every request served, by verb and resource (`served`), for tests that assert
+  what the operator did not do;
 - injected server errors (`faults`), to see retries.
 
+- server-side printing (`kubectl get` tables) of the project's custom resources, from their
+  CRDs' printer columns (tests/support/tables.py);
 - admission for the project's custom resources: the CRDs from deploy/crds default and
   validate every write, CEL rules included (tests/support/crdcheck.py, with its limits);
 - Services as a cluster with MetalLB treats them (tests/support/loadbalancer.py): cluster
@@ -54,7 +59,7 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 from kmock._internal import parsing as kmock_parsing
 
-from tests.support import crdcheck, loadbalancer
+from tests.support import crdcheck, loadbalancer, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATUS_SUBRESOURCE = {
@@ -114,6 +119,10 @@ class Emulator(kmock.KubernetesEmulator):
     )
     metallb: loadbalancer.MetalLB = attrs.field(factory=loadbalancer.MetalLB)
     blocking_owners: set[tuple[str, str, str]] = attrs.field(factory=set)
+    # (verb, resource[/subresource]) -> requests served, from anyone.
+    served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
+    # The pod stand-in (tests/support/pods.py), when the test wants real listener pods.
+    pods: Any = None
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
     # resource -> namespace -> keys of its objects (as an ordered set): a list reads one
@@ -146,11 +155,38 @@ class Emulator(kmock.KubernetesEmulator):
                 except kmock.KubernetesError as exc:
                     return await self._render_error(exc)
                 return aiohttp.web.json_response(obj, status=status)
+            table = await self._as_table(request)
+            if table is not None:
+                return table
             # kmock's own _handle would mutate again; go straight to its router.
             return await super(kmock.KubernetesEmulator, self)._handle(request)
         finally:
             # Served requests are forgotten: kmock's router scans them all on every request.
             self._requests[:] = [r for r in self._requests if r is not request]
+
+    async def _as_table(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
+        """`kubectl get` of a custom resource: its printer columns (tests/support/tables.py)."""
+        res = request.resource
+        if (
+            res is None
+            or request.method != enums.method.GET
+            or request.params.get("watch") in ("true", "1")
+            or not tables.wants_table(request.headers.get("Accept", ""))
+            or str(res.plural) not in self.crds
+        ):
+            return None
+        async with self._lock:
+            if request.name is not None:
+                obj = self._live(self._key(request))
+                if obj is None:
+                    return await self._render_error(
+                        _error(404, "NotFound", f"{res.plural} {request.name!r} not found")
+                    )
+                objects = [obj]
+            else:
+                objects = self._matching(request)
+            rv = str(self._last_rv)
+        return aiohttp.web.json_response(tables.table(self.crds[str(res.plural)], objects, rv))
 
     def _record(self, request: rendering.Request) -> None:
         agent = request.headers.get("User-Agent", "")
@@ -173,6 +209,7 @@ class Emulator(kmock.KubernetesEmulator):
         res = request.resource
         resource = str(res.plural) + (f"/{request.subresource}" if request.subresource else "")
         self.audit.add((agent, verb, str(res.group or ""), resource, request.namespace))
+        self.served[(verb, resource)] += 1
         data = request.data if isinstance(request.data, dict) else {}
         for ref in (data.get("metadata") or {}).get("ownerReferences") or []:
             if ref.get("blockOwnerDeletion"):
@@ -349,6 +386,8 @@ class Emulator(kmock.KubernetesEmulator):
         self._objects[key].delete()
         meta["resourceVersion"] = self._next_rv()
         await self._publish(request.resource, "DELETED", old)
+        if self.pods is not None:
+            await self.pods.deleted(str(request.resource.plural), key[1], key[2])
         if _is_services(request):
             await self.assign_load_balancers()
         return old
@@ -372,6 +411,25 @@ class Emulator(kmock.KubernetesEmulator):
             await self._roll_out(key)
         if _is_services(request):
             await self.assign_load_balancers()
+        if self.pods is not None:
+            await self.pods.changed(str(res.plural), key)
+
+    async def _put_object(self, key: Any, obj: dict[str, Any], kind: str) -> None:
+        """Store an object a controller stand-in made or changed (the lock held)."""
+        meta = obj.setdefault("metadata", {})
+        if kind == "ADDED":
+            meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
+        meta["resourceVersion"] = self._next_rv()
+        self._store(key, obj)
+        await self._publish(key[0], kind, obj)
+
+    async def _remove_object(self, key: Any) -> None:
+        obj = self._live(key)
+        if obj is None:
+            return
+        self._objects[key].delete()
+        obj["metadata"]["resourceVersion"] = self._next_rv()
+        await self._publish(key[0], "DELETED", obj)
 
     # -- MetalLB's controller (tests/support/loadbalancer.py) -------------------------------
 
@@ -632,8 +690,14 @@ class EmulatorThread:
     that blocking test code and the operator's own loop can both talk to it."""
 
     def __init__(
-        self, *, deployment_controller: bool = True, emulator_class: type[Emulator] = Emulator
+        self,
+        *,
+        deployment_controller: bool = True,
+        emulator_class: type[Emulator] = Emulator,
+        pods: bool = False,
     ) -> None:
+        """pods: run a real listener process for each pod of a listener Deployment."""
+        self._pods = pods
         self.emulator: Emulator | None = None
         self._emulator_class = emulator_class
         self.url = ""
@@ -670,8 +734,16 @@ class EmulatorThread:
         )
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
+        if self._pods:
+            from tests.support import pods
+
+            emulator.pods = pods.PodStandIn(emulator)
         async with emulator, kmock.Server(emulator) as server:
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             self._ready.set()
-            await self._stop.wait()
+            try:
+                await self._stop.wait()
+            finally:
+                if emulator.pods is not None:
+                    emulator.pods.stop()

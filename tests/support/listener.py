@@ -26,10 +26,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+# The event loops the listener runs on: uvloop where it is installed (mailwarden's `run`), and
+# plain asyncio, its fallback. The TLS hand-over after start_tls is tested on both.
+EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
 class ListenerThread:
-    def __init__(self, cfg: lc.ListenerConfig) -> None:
+    def __init__(self, cfg: lc.ListenerConfig, event_loop: str = "uvloop") -> None:
         self.cfg = cfg
-        self.loop = uvloop.new_event_loop()
+        self.loop = EVENT_LOOPS[event_loop]()
         self.listener = server.Listener(cfg)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -93,12 +101,15 @@ def service(
     **fields: Any,
 ) -> lc.ServiceConfig:
     """A ServiceConfig for tests with a free port unless one is given."""
-    return lc.ServiceConfig(
-        name=name,
-        service=kind,
-        listen=(lc.Endpoint(address=address, port=port or free_port(address)),),
-        backend=lc.Backend(host=backend_host, port=backend_port, **fields.pop("backend", {})),
-        **fields,
+    return lc.build(
+        lc.ServiceConfig,
+        {
+            "name": name,
+            "service": kind,
+            "listen": [{"address": address, "port": port or free_port(address)}],
+            "backend": {"host": backend_host, "port": backend_port, **fields.pop("backend", {})},
+            **fields,
+        },
     )
 
 

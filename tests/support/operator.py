@@ -36,9 +36,10 @@ class OperatorThread:
         self.url = url
         self.namespaces = namespaces
         # No backend probes by default: the scenarios name backends (postfix.mail.svc) that
-        # do not exist here. tests/operator/test_backend_probe.py turns them on.
+        # do not exist here. tests/operator/test_backend_probe.py turns them on. No live
+        # figures either (no pods answer); tests/operator/test_live_figures.py turns them on.
         self.settings = settings or settings_mod.Settings(
-            image="mailwarden:test", backend_probe_seconds=0
+            image="mailwarden:test", backend_probe_seconds=0, figures_seconds=0
         )
         self.api = kube.Api.for_url(url)
         # The operator's state, for tests that wait on it (read only, from the test thread).

@@ -10,7 +10,7 @@ from typing import Any
 
 import slixmpp
 
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
 
 
 @dataclasses.dataclass

@@ -18,21 +18,12 @@ import ldap3
 import pytest
 
 from mailwarden.listener import catalogue
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
+from tests.support import mail_servers as servers
 from tests.support import wire, xmpp_client
 from tests.support.listener import service
 
 pytestmark = pytest.mark.servers
-
-servers = pytest.importorskip(
-    "tests.support.servers", reason="the Postfix/Dovecot/INN fixtures (tests/support/servers.py)"
-)
-postfix, dovecot, inn, mail_store = (
-    servers.postfix,
-    servers.dovecot,
-    servers.inn,
-    servers.mail_store,
-)
 
 
 def by_address(tls: wire.ListenerTLS) -> ssl.SSLContext:

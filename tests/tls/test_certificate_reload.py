@@ -11,9 +11,9 @@ import pytest
 
 from mailwarden.listener import config as lc
 from tests.support import certs, wire
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
 from tests.support.listener import free_port, service, wait_until
-from tests.support.serving import ServeThread
+from tests.support.serve_thread import ServeThread
 
 pytestmark = pytest.mark.servers
 

@@ -13,7 +13,7 @@ import ssl
 import pytest
 
 from mailwarden.listener import proxyproto
-from tests.support import servers_extra as srv
+from tests.support import ldap_http_xmpp_servers as srv
 from tests.support import wire
 from tests.support.listener import service, wait_until
 

@@ -9,15 +9,11 @@ import nntplib
 
 import pytest
 
+from tests.support import mail_servers as servers
 from tests.support import wire
 from tests.support.listener import service
 
 pytestmark = pytest.mark.servers
-
-servers = pytest.importorskip(
-    "tests.support.servers", reason="the Postfix/Dovecot/INN fixtures (tests/support/servers.py)"
-)
-inn = servers.inn
 
 
 def nntp_service(kind: str, inn, tls: wire.ListenerTLS | None, **fields):

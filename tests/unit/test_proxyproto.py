@@ -121,8 +121,114 @@ def test_a_malformed_header_is_refused_with_a_reason(header, why):
         proxyproto.parse(header)
 
 
-def test_looks_like_header_recognises_the_start_of_either_version():
-    assert proxyproto.looks_like_header(b"PRO")
-    assert proxyproto.looks_like_header(b"\r\n\r\n")
-    assert not proxyproto.looks_like_header(b"EHLO")
-    assert not proxyproto.looks_like_header(b"")
+def test_signature_tells_a_header_from_a_prefix_of_one_and_from_anything_else():
+    assert proxyproto.signature(b"") is proxyproto.Signature.PARTIAL
+    assert proxyproto.signature(b"PRO") is proxyproto.Signature.PARTIAL
+    assert proxyproto.signature(b"\r\n\r\n") is proxyproto.Signature.PARTIAL
+    assert proxyproto.signature(b"PROXY TCP4") is proxyproto.Signature.V1
+    assert proxyproto.signature(proxyproto.V2_SIGNATURE + b"!") is proxyproto.Signature.V2
+    assert proxyproto.signature(b"EHLO") is proxyproto.Signature.NONE
+    assert proxyproto.signature(b"PROPFIND / HTTP/1.1") is proxyproto.Signature.NONE
+
+
+V1_GOOD = b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 25\r\n"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        # Section 2.1: ports are decimal without heading zeroes, so no sign, no `_`.
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 1_000 25\r\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 +25 25\r\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 025 25\r\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 \xd9\xa1 25\r\n",
+        # IPv4 without heading zeroes; IPv6 without a zone id.
+        b"PROXY TCP4 192.0.2.07 198.51.100.1 1 25\r\n",
+        b"PROXY TCP6 fe80::1%eth0 fe80::2 1 25\r\n",
+        # Exactly one space between fields, an exact CRLF.
+        b"PROXY TCP4  192.0.2.7 198.51.100.1 1 25\r\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 1 25 \r\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 1 25\n",
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 1 25\r\r\n",
+        b"PROXY TCP4 192.0.2.7\r198.51.100.1 1 25\r\n",
+        b"PROXY UNKNOWN\n",
+    ],
+)
+def test_v1_is_refused_unless_it_is_exactly_what_the_specification_spells(header):
+    with pytest.raises(proxyproto.ProxyError):
+        proxyproto.parse(header)
+
+
+def test_v1_refuses_a_lone_line_feed_before_the_whole_line_has_come():
+    with pytest.raises(proxyproto.ProxyError):
+        proxyproto.parse(b"PROXY TCP4 1.2.3.4\n")
+
+
+def test_v1_embedded_ipv4_in_ipv6_is_taken_as_inet_pton_takes_it():
+    parsed = proxyproto.parse(b"PROXY TCP6 ::ffff:192.0.2.7 ::1 1 25\r\n")
+    assert parsed is not None
+    assert parsed[0].source == ("::ffff:c000:207", 1)
+
+
+@pytest.mark.parametrize("cut", range(1, len(V1_GOOD)))
+def test_v1_split_anywhere_is_read_whole_by_the_header_reader(cut):
+    reader = proxyproto.HeaderReader()
+    assert reader.feed(V1_GOOD[:cut]) is None
+    header = reader.feed(V1_GOOD[cut:] + b"EHLO x\r\n")
+    assert header is not None
+    assert header.length == len(V1_GOOD)
+    assert header.addresses.source == ("192.0.2.7", 56324)
+    assert reader.rest == b"EHLO x\r\n"
+
+
+def _v2_with_tlvs(size: int) -> bytes:
+    """A legal v2 header of `size` bytes: TCP over IPv4 and NOOP TLVs (section 2.2.7)."""
+    body = bytes([192, 0, 2, 7, 198, 51, 100, 1]) + struct.pack("!HH", 40000, 25)
+    room = size - proxyproto.V2_HEADER - len(body)
+    tlvs = b""
+    while room:
+        n = min(room - 3, 250)
+        tlvs += b"\x04" + struct.pack("!H", n) + b"\0" * n
+        room -= 3 + n
+    return proxyproto.V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body + tlvs)) + body + tlvs
+
+
+@pytest.mark.parametrize("cut", [1, 6, 12, 15, 16, 17, 300, 630])
+def test_a_legal_631_byte_v2_header_in_two_segments_is_accepted(cut):
+    header = _v2_with_tlvs(631)
+    assert len(header) == 631
+    reader = proxyproto.HeaderReader()
+    assert reader.feed(header[:cut]) is None
+    parsed = reader.feed(header[cut:] + b"payload")
+    assert parsed is not None
+    assert (parsed.length, parsed.version) == (631, 2)
+    assert parsed.addresses.source == ("192.0.2.7", 40000)
+    assert reader.rest == b"payload"
+
+
+def test_a_v2_header_longer_than_the_bound_is_refused_as_soon_as_its_length_is_read():
+    fixed = proxyproto.V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", 65535)
+    with pytest.raises(proxyproto.ProxyError, match="longer than"):
+        proxyproto.HeaderReader().feed(fixed)
+
+
+@pytest.mark.parametrize(
+    "fam",
+    [0x13, 0x41, 0xFF, 0x01],
+)
+def test_v2_families_the_specification_does_not_define_are_refused(fam):
+    header = proxyproto.V2_SIGNATURE + bytes([0x21, fam]) + struct.pack("!H", 12) + b"\0" * 12
+    with pytest.raises(proxyproto.ProxyError):
+        proxyproto.parse(header)
+
+
+def test_v2_tlvs_that_do_not_tile_the_block_are_refused():
+    body = bytes(8) + struct.pack("!HH", 1, 2) + b"\x04\x00\x09abc"
+    header = proxyproto.V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body)) + body
+    with pytest.raises(proxyproto.ProxyError, match="TLV"):
+        proxyproto.parse(header)
+
+
+def test_the_reader_refuses_bytes_that_are_no_header_at_once():
+    with pytest.raises(proxyproto.ProxyError, match="no PROXY"):
+        proxyproto.HeaderReader().feed(b"EHLO x\r\n")

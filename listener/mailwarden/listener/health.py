@@ -1,72 +1,279 @@
-"""/metrics, /healthz and /readyz on their own port, served by uvicorn in the listener's
-event loop."""
+"""/metrics, /healthz, /readyz (and whatever routes are plugged in, such as /status) on the
+listener's own port: a small HTTP/1.1 server for GET and HEAD in the listener's event loop.
+
+Why not a general web server: these few fixed answers need none of one, and the port shares the
+process's file descriptors with the mail ports, so every connection to it is bounded here:
+- a total time for a request's head, from the connection or the end of the last answer (as
+  nginx's `client_header_timeout` and HAProxy's `timeout http-request` are totals, so a
+  client trickling one byte at a time gains nothing);
+- a keep-alive time, after which an idle connection is closed (nginx `keepalive_timeout`);
+- a time to take an answer, so a client that never reads cannot hold its buffer;
+- at most `max_connections` connections; the next ones get a 503 and a close at once.
+A route is a path -> callable returning (status, body, content type) (RFC 9110 semantics;
+framing per RFC 9112)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import cast
 
-import prometheus_client
-import uvicorn
+log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+# A route's answer: HTTP status, body, content type. Called in the event loop: no blocking.
+Route = Callable[[], tuple[int, bytes, str]]
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+TEXT = "text/plain; charset=utf-8"
 
 
-class HealthApp:
-    def __init__(
-        self, registry: prometheus_client.CollectorRegistry, ready: Callable[[], bool]
-    ) -> None:
-        self.registry = registry
-        self.ready = ready
+@dataclass(frozen=True)
+class Limits:
+    # A request head (request line and headers) must arrive whole within this time.
+    header_timeout: float = 10.0
+    # An idle keep-alive connection is closed after this long. Prometheus and the kubelet
+    # poll every 10-30 s; a connection reused within this time saves them a handshake.
+    keepalive_timeout: float = 15.0
+    # A client that does not take an answer within this time is cut.
+    send_timeout: float = 10.0
+    # Connections at once; a scraper and three kubelet probes need four.
+    max_connections: int = 64
+    # The largest request head accepted (request line and all headers).
+    max_head: int = 8192
+    # Requests served on one connection before it is closed.
+    max_requests: int = 1000
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+
+def ready_route(ready: Callable[[], bool]) -> Route:
+    def answer() -> tuple[int, bytes, str]:
+        return (200, b"ready\n", TEXT) if ready() else (503, b"not ready\n", TEXT)
+
+    return answer
+
+
+def healthz() -> tuple[int, bytes, str]:
+    return 200, b"ok\n", TEXT
+
+
+class HealthServer:
+    """Serves `routes` on host:port until closed."""
+
+    def __init__(self, routes: Mapping[str, Route], limits: Limits | None = None) -> None:
+        self.routes = dict(routes)
+        self.limits = limits or Limits()
+        self.connections: set[_Connection] = set()
+        self.refused = 0  # connections turned away over max_connections
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str | None, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host=host or "0.0.0.0", port=port, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def answer(self, method: str, path: str) -> tuple[int, bytes, str]:
+        route = self.routes.get(path.split("?", 1)[0])
+        if route is None:
+            return 404, b"not found\n", TEXT
+        try:
+            return route()
+        except Exception:  # a broken route answers 500; the server and the listener go on
+            log.exception("health route %s failed", path)
+            return 500, b"internal error\n", TEXT
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("_buffer", "_paused", "_served", "_timer", "server", "transport")
+
+    def __init__(self, server: HealthServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._served = 0
+        self._paused = False
+
+    # -- transport events --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        limits = self.server.limits
+        if len(self.server.connections) >= limits.max_connections:
+            self.server.refused += 1
+            self._respond(503, b"too many connections\n", TEXT, close=True, head_only=False)
             return
-        path = scope["path"]
-        if path == "/metrics":
-            status, body = 200, prometheus_client.generate_latest(self.registry)
-            ctype = prometheus_client.CONTENT_TYPE_LATEST
-        elif path == "/healthz":
-            status, body, ctype = 200, b"ok\n", "text/plain"
-        elif path == "/readyz":
-            ok = self.ready()
-            status, body = (200, b"ready\n") if ok else (503, b"not ready\n")
-            ctype = "text/plain"
+        self.server.connections.add(self)
+        self._arm(limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._buffer and self._served:
+            # The first byte of a new request: from now on the header clock runs.
+            self._arm(self.server.limits.header_timeout)
+        self._buffer += data
+        self._serve_buffered()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._arm(self.server.limits.send_timeout)
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._arm(
+                self.server.limits.header_timeout
+                if self._buffer
+                else self.server.limits.keepalive_timeout
+            )
+            self._serve_buffered()
+
+    # -- requests ----------------------------------------------------------------------
+    def _serve_buffered(self) -> None:
+        limits = self.server.limits
+        while not self._paused and self.transport is not None and not self.transport.is_closing():
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > limits.max_head:
+                    self._respond(431, b"request head too large\n", TEXT, close=True)
+                return
+            if end > limits.max_head:
+                self._respond(431, b"request head too large\n", TEXT, close=True)
+                return
+            head = bytes(self._buffer[:end])
+            del self._buffer[: end + 4]
+            self._request(head)
+        return
+
+    def _request(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not parts[1].startswith(b"/"):
+            self._respond(400, b"bad request\n", TEXT, close=True)
+            return
+        method, target, version = parts
+        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+            self._respond(505, b"HTTP/1.1 only\n", TEXT, close=True)
+            return
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                self._respond(400, b"bad header\n", TEXT, close=True)
+                return
+            headers[name.lower()] = value.strip()
+        # No request here has a body; one announced would have to be read or the framing of
+        # the next request is lost (RFC 9112 §6.3), so the connection ends.
+        if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
+            self._respond(413, b"no request body expected\n", TEXT, close=True)
+            return
+        connection = headers.get(b"connection", b"").lower()
+        close = (
+            connection == b"close"
+            or (version == b"HTTP/1.0" and connection != b"keep-alive")
+            or self._served + 1 >= self.server.limits.max_requests
+        )
+        if method not in (b"GET", b"HEAD"):
+            self._respond(405, b"GET or HEAD only\n", TEXT, close=True, allow=True)
+            return
+        status, body, ctype = self.server.answer("GET", target.decode("latin-1"))
+        self._respond(status, body, ctype, close=close, head_only=method == b"HEAD")
+
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        *,
+        close: bool,
+        head_only: bool = False,
+        allow: bool = False,
+    ) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        self._served += 1
+        head = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            + ("Allow: GET, HEAD\r\n" if allow else "")
+            + ("Connection: close\r\n" if close else "")
+            + "\r\n"
+        ).encode("latin-1")
+        transport.write(head if head_only else head + body)
+        if close:
+            self._cancel_timer()
+            transport.close()
+        elif not self._paused:
+            self._arm(
+                self.server.limits.header_timeout
+                if self._buffer
+                else self.server.limits.keepalive_timeout
+            )
+
+    # -- timers ------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.transport is None:
+            return
+        if self._buffer and not self._paused:
+            # A request began and did not finish in time: say so, then close.
+            self._respond(408, b"request timeout\n", TEXT, close=True)
+            self.abort_later()
         else:
-            status, body, ctype = 404, b"not found\n", "text/plain"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", ctype.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+            self.abort()
 
+    def abort_later(self) -> None:
+        # The 408 gets a moment to leave; a client that does not read it is cut anyway.
+        asyncio.get_running_loop().call_later(1.0, self.abort)
 
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handling: the listener owns SIGTERM (drain) and SIGHUP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def server(app: HealthApp, host: str | None, port: int) -> EmbeddedServer:
-    return EmbeddedServer(
-        uvicorn.Config(
-            app,
-            host=host or "0.0.0.0",
-            port=port,
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-            loop="none",
-        )
-    )
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import prometheus_client as prom
 
+from mailwarden.listener import figures
+
 # Outcomes of a connection attempt; one label value each on connections_total.
 ACCEPTED = "accepted"
 DENIED = "denied"
@@ -12,6 +14,9 @@ OVER_ADDRESS_CAP = "over_address_cap"
 BACKEND_ERROR = "backend_error"
 PROXY_ERROR = "proxy_error"
 HANDSHAKE_FAILED = "handshake_failed"
+# Refused by the abuse defence: over the per-address rate limit, or banned.
+RATE_LIMITED = "rate_limited"
+BANNED = "banned"
 OUTCOMES = (
     ACCEPTED,
     DENIED,
@@ -20,6 +25,8 @@ OUTCOMES = (
     BACKEND_ERROR,
     PROXY_ERROR,
     HANDSHAKE_FAILED,
+    RATE_LIMITED,
+    BANNED,
 )
 
 # Session durations from a quick refused probe to a long IMAP IDLE.
@@ -63,6 +70,25 @@ class Metrics:
             ["service", "result"],
             registry=r,
         )
+        self.login_failures = prom.Counter(
+            "mailwarden_login_failures",
+            "Failed logins the listener saw (SMTP AUTH, IMAP, POP3 in plaintext it reads; "
+            "NNTP AUTHINFO at its gate).",
+            ["service"],
+            registry=r,
+        )
+        self.bans = prom.Counter(
+            "mailwarden_bans",
+            "Addresses (IPv6: networks) banned after repeated failures.",
+            ["service"],
+            registry=r,
+        )
+        self.banned = prom.Gauge(
+            "mailwarden_banned_addresses",
+            "Addresses (IPv6: networks) banned now.",
+            ["service"],
+            registry=r,
+        )
         self.cap = prom.Gauge(
             "mailwarden_connection_cap",
             "The connection cap this listener enforces for a service (0 = unlimited).",
@@ -91,6 +117,16 @@ class Metrics:
             "1 while the listener drains sessions before exiting.",
             registry=r,
         )
+        self.open_files_limit = prom.Gauge(
+            "mailwarden_open_files_limit",
+            "The process's RLIMIT_NOFILE (soft: in force, raised to hard at start).",
+            ["limit"],
+            registry=r,
+        )
+
+    def exposition(self) -> tuple[int, bytes, str]:
+        """GET /metrics: the text format, for the health server's route table."""
+        return 200, prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
 
     def for_service(self, name: str) -> ServiceMetrics:
         return ServiceMetrics(self, name)
@@ -103,6 +139,9 @@ class Metrics:
             (self.bytes, [("upstream",), ("downstream",)]),
             (self.duration, [()]),
             (self.nntp_auth, [("success",), ("failure",)]),
+            (self.login_failures, [()]),
+            (self.bans, [()]),
+            (self.banned, [()]),
             (self.cap, [("service",), ("address",)]),
             (self.tls_reloads, [("success",), ("failure",)]),
         ):
@@ -118,21 +157,36 @@ class ServiceMetrics:
 
     __slots__ = (
         "active",
+        "banned",
+        "bans",
         "bytes_down",
         "bytes_up",
         "duration",
+        "login_failures",
         "nntp_auth",
         "outcome",
         "parent",
         "tls_reload",
+        "window",
     )
 
     def __init__(self, m: Metrics, name: str) -> None:
         self.parent = m
         self.active = m.active.labels(name)
-        self.outcome = {o: m.connections.labels(name, o) for o in OUTCOMES}
+        # Refusals also feed the five-minute window of /status (figures.py): the session
+        # code's `outcome[...].inc()` does both.
+        self.window = figures.RefusalWindow()
+        self.outcome: dict[str, figures.Counter] = {}
+        for o in OUTCOMES:
+            counter = m.connections.labels(name, o)
+            self.outcome[o] = (
+                figures.Counted(counter, self.window, o) if o in figures.STATUS_NAMES else counter
+            )
         self.bytes_up = m.bytes.labels(name, "upstream")
         self.bytes_down = m.bytes.labels(name, "downstream")
         self.duration = m.duration.labels(name)
         self.nntp_auth = {r: m.nntp_auth.labels(name, r) for r in ("success", "failure")}
         self.tls_reload = {r: m.tls_reloads.labels(name, r) for r in ("success", "failure")}
+        self.login_failures = m.login_failures.labels(name)
+        self.bans = m.bans.labels(name)
+        self.banned = m.banned.labels(name)

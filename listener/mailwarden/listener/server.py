@@ -9,7 +9,7 @@ import logging
 import ssl
 import time
 
-from mailwarden.listener import config, service
+from mailwarden.listener import config, figures, service
 from mailwarden.listener import metrics as m
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,18 @@ class Listener:
                 for sock in server.sockets
             ]
         return out
+
+    def figures(self) -> list[figures.Service]:
+        """The live figures of each service in force (GET /status)."""
+        return [
+            figures.Service(
+                name=name,
+                active=rt.limiter.active,
+                window=rt.metrics.window,
+                banned_addresses=rt.guard.banned_now(rt.loop.time()),
+            )
+            for name, rt in self.services.items()
+        ]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

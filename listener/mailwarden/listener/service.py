@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
-from mailwarden.listener import acl, catalogue, config, limits, session, tls
+from mailwarden.listener import abuse, acl, catalogue, config, limits, session, tls
 from mailwarden.listener import metrics as m
-from mailwarden.listener.protocols import base, replies_for
+from mailwarden.listener.protocols import auth_watch_for, authwatch, base, gate_for, replies_for
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class ServiceRuntime:
         self.sessions: set[session.ClientConnection] = set()
         self.servers: dict[config.Endpoint, asyncio.Server] = {}
         self.limiter = limits.ConnectionLimiter()
+        # Rate limit and bans; kept across reloads like the limiter's counts.
+        self.guard = abuse.Guard()
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.config = cfg
         self.allow: acl.AddressSet | acl.Everyone = acl.Everyone()
@@ -41,6 +44,11 @@ class ServiceRuntime:
         # where the listener reads commands (the NNTP gate).
         self.implicit_tls = False
         self.backend_tls: ssl.SSLContext | None = None
+        self.gate: base.GateFactory | None = None
+        # Hooks for admission policy and session observers (see session.Runtime).
+        self.admission: session.Admission | None = None
+        self.observe: Callable[[str], base.Observer] | None = None
+        self.failure: Callable[[str], None] | None = None
         self._over_capacity: base.Conversation | None = None
         self.apply(cfg)
 
@@ -52,13 +60,68 @@ class ServiceRuntime:
         self.allow = acl.policy(cfg.allow)
         self.trusted_proxies = acl.AddressSet(cfg.proxy_protocol_from)
         self.limiter.reconfigure(cfg.max_connections, cfg.max_connections_per_address)
+        self.guard.configure(abuse_policy(cfg))
+        guard, loop = self.guard, self.loop
+        # Read at each scrape: bans end by themselves, without an event to count them down.
+        self.metrics.banned.set_function(lambda: guard.banned_now(loop.time()))
+        # The hooks cost nothing when the policy is off: the session skips a None.
+        self.admission = self._admit if guard.enabled else None
+        self.failure = self._failure if cfg.auto_ban is not None else None
+        watch = auth_watch_for(cfg.kind.wire) if cfg.auto_ban is not None else None
+        self.observe = self._observer(watch) if watch is not None else None
         self.replies = replies_for(cfg.kind.wire)
         self._over_capacity = None
         self.server_tls = server_tls
         self.implicit_tls = cfg.kind.tls is catalogue.TLSMode.IMPLICIT
         self.backend_tls = backend_tls
+        self.gate = gate_for(
+            cfg.kind.wire,
+            anonymous=cfg.anonymous,
+            starttls=server_tls is not None and not self.implicit_tls,
+            tls_active=self.implicit_tls,
+        )
         self.parent_metrics.cap.labels(cfg.name, "service").set(cfg.max_connections)
         self.parent_metrics.cap.labels(cfg.name, "address").set(cfg.max_connections_per_address)
+
+    def _admit(self, address: str) -> session.Refusal | None:
+        """The abuse defence's word on a new connection, before any backend is contacted:
+        a banned or rate-limited address is refused in its protocol's words for a temporary
+        refusal, saying why."""
+        ip, name = acl.parse_client(address)
+        verdict, wait = self.guard.admit(ip, name, self.loop.time())
+        if verdict is abuse.Verdict.ADMITTED:
+            return None
+        retry = abuse.retry_after(wait)
+        host = self.config.hostname
+        if verdict is abuse.Verdict.BANNED:
+            return session.Refusal(m.BANNED, self.replies.banned(host, retry))
+        self._failure(address)
+        return session.Refusal(m.RATE_LIMITED, self.replies.rate_limited(host, retry))
+
+    def _observer(self, watch: Callable[[], authwatch.LineWatch]) -> Callable[[str], base.Observer]:
+        def observe(client: str) -> base.Observer:
+            def failed() -> None:
+                self.metrics.login_failures.inc()
+                self._failure(client)
+
+            return authwatch.LoginObserver(watch(), failed)
+
+        return observe
+
+    def _failure(self, client: str) -> None:
+        """A refusal or a failed login from a client: count it towards a ban."""
+        address, name = acl.parse_client(client)
+        ban = self.guard.failure(address, name, self.loop.time())
+        if ban is not None:
+            self.metrics.bans.inc()
+            log.warning(
+                "%s: %s banned for %.0f s after %d failures within %.0f s",
+                self.config.name,
+                ban.key,
+                ban.until - ban.started,
+                ban.failures,
+                ban.within_seconds,
+            )
 
     def over_capacity(self) -> base.Conversation:
         """The over-cap refusal. A flood is mostly these: a stateless one (OneShot) is made
@@ -99,32 +162,11 @@ class ServiceRuntime:
         self.servers.clear()
 
     def sweep(self) -> None:
-        """Close sessions that outlived their timeout. Called periodically; a session's
-        `active` flag (set on every byte) restarts its idle clock."""
+        """Called periodically: each session decides whether it outlived its timeout."""
         now = self.loop.time()
-        t = self.config.timeouts
+        timeouts = self.config.timeouts
         for s in list(self.sessions):
-            if s.active:
-                s.active = False
-                s.idle_since = now
-                continue
-            state = s.state
-            if state in (session.State.RELAY, session.State.GATED):
-                limit = t.idle
-            elif state is session.State.REFUSING:
-                limit = t.refusal
-            elif state in (session.State.PROXY, session.State.TLS):
-                limit = t.handshake
-                if now - s.started > limit:
-                    s.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
-                    s.abort()
-                continue
-            else:
-                continue
-            if now - s.idle_since > limit:
-                s.close()
-            else:
-                s.flush_counters()
+            s.tick(now, timeouts)
 
     def session_ended(self) -> None:
         if not self.sessions:
@@ -139,3 +181,16 @@ class ServiceRuntime:
         fut: asyncio.Future[None] = self.loop.create_future()
         self._idle_waiters.append(fut)
         await fut
+
+
+def abuse_policy(cfg: config.ServiceConfig) -> abuse.Policy:
+    ban = cfg.auto_ban
+    return abuse.Policy(
+        connections_per_minute=cfg.rate_limit.connections_per_minute,
+        rate_limit_ipv6_prefix=cfg.rate_limit.ipv6_prefix_length,
+        after_failures=ban.after_failures if ban else 0,
+        within_seconds=ban.within_seconds if ban else 60.0,
+        ban_seconds=ban.ban_seconds if ban else 600.0,
+        ban_ipv6_prefix=ban.ipv6_prefix_length if ban else 64,
+        exempt=acl.AddressSet(ban.exempt) if ban else frozenset(),
+    )

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import socket
 import ssl
 import struct
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
-from mailwarden.listener import acl, limits, proxyproto
+from mailwarden.listener import acl, config, limits, proxyproto
 from mailwarden.listener import metrics as m
-from mailwarden.listener.protocols import base, nntp
-
-if TYPE_CHECKING:
-    from mailwarden.listener.service import ServiceRuntime
+from mailwarden.listener.protocols import base
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,56 @@ class State(enum.Enum):
     RELAY = "relay"
     REFUSING = "refusing"
     CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """An admission step's verdict against a client: the outcome it is counted as (one of
+    metrics.OUTCOMES) and the conversation that refuses it in the protocol's words."""
+
+    outcome: str
+    conversation: base.Conversation
+
+
+class Admission(Protocol):
+    """A policy step between the access list and the caps (rate limits, bans): None admits
+    the client (its address, after any PROXY header), a Refusal refuses it."""
+
+    def __call__(self, address: str) -> Refusal | None: ...
+
+
+class Runtime(Protocol):
+    """What a session needs of the service it belongs to. `service.ServiceRuntime` provides
+    it; the session depends only on this shape, so imports run one way (service -> session)
+    and a test can drive a session without the service's sockets."""
+
+    loop: asyncio.AbstractEventLoop
+    config: config.ServiceConfig
+    metrics: m.ServiceMetrics
+    # Sessions of the service (accepted and not yet finished): the sweep and the drain
+    # walk it; an empty set ends a drain.
+    sessions: set[ClientConnection]
+    allow: acl.AddressSet | acl.Everyone
+    trusted_proxies: acl.AddressSet
+    limiter: limits.ConnectionLimiter
+    replies: base.Replies
+    # The protocol's gate between client and backend, if the service has one (the NNTP
+    # reader gate); None relays from the first byte.
+    gate: base.GateFactory | None
+    # Optional hooks: a policy step before the caps, and an observer of the first bytes of
+    # each admitted session (created with the client's address).
+    admission: Admission | None
+    observe: Callable[[str], base.Observer] | None
+    # Told of every refusal of a client by the access list or a cap, and of every failed
+    # login a gate sees, with the client's address (the auto-ban counts them).
+    failure: Callable[[str], None] | None
+    server_tls: ssl.SSLContext | None
+    implicit_tls: bool
+    backend_tls: ssl.SSLContext | None
+
+    def over_capacity(self) -> base.Conversation: ...
+
+    def session_ended(self) -> None: ...
 
 
 class ClientConnection(asyncio.Protocol):
@@ -67,13 +116,13 @@ class ClientConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, rt: ServiceRuntime) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.transport: asyncio.Transport | None = None
         self.state = State.CONNECTING
         self.backend: BackendConnection | None = None
         self.conversation: base.Conversation | None = None
-        self.gate: nntp.ReaderGate | None = None
+        self.gate: base.Gate | None = None
         # Client bytes that arrive before the session can take them; a bytearray only once
         # there are some, so that the thousands of sessions that never have any carry none.
         self._pending: bytes | bytearray = EMPTY
@@ -120,14 +169,25 @@ class ClientConnection(asyncio.Protocol):
             assert self.backend is not None
             self.backend.transport.write(data)
             return
-        if not self.seen_data:
-            self.seen_data = True
-            if state is not State.PROXY and _claims_proxy(data):
-                # Only trusted load balancers may say who the client is. Checked even when
-                # the relay is already up: whether the backend connected before the client's
-                # first bytes arrived must not decide whether a forged header gets through.
+        if not self.seen_data and state is not State.PROXY and state is not State.REFUSING:
+            # The client's first bytes: only trusted load balancers may say who the client
+            # is. Checked even when the relay is already up (whether the backend connected
+            # before the client's first bytes arrived must not decide whether a forged header
+            # gets through), and across TCP segments: `PRO` + `XY TCP4 ...` is one header.
+            # A refused client is not screened: nothing it sends reaches a backend, and its
+            # session is already counted once.
+            if self._pending:
+                self._pending += data
+                data = bytes(self._pending)
+                self._pending = EMPTY
+            claim = _proxy_claim(data)
+            if claim is None:  # a prefix of a signature: wait for the bytes that decide
+                self._pending = bytearray(data)
+                return
+            if claim:
                 self._fail(m.PROXY_ERROR, "PROXY header from an untrusted peer")
                 return
+            self.seen_data = True
         if state is State.RELAY:
             self.bytes_up += len(data)
             assert self.backend is not None
@@ -147,6 +207,13 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
+        if not self.seen_data and self._pending and self.state in (State.RELAY, State.GATED):
+            # Bytes held as a possible PROXY signature that the EOF leaves incomplete: they
+            # are the client's, pass them on before its EOF.
+            self.seen_data = True
+            held = bytes(self._pending)
+            self._pending = EMPTY
+            self.data_received(held)
         if self.state is State.RELAY and self.backend is not None:
             backend = self.backend.transport
             if backend.can_write_eof() and not self.tls and not self.backend.backend_eof:
@@ -203,22 +270,31 @@ class ClientConnection(asyncio.Protocol):
     # -- the session's steps -----------------------------------------------------------
 
     def _read_proxy_header(self) -> None:
+        # The header may come in any number of segments: the parser says "more" until it is
+        # complete and refuses it past its maximum size; the sweep bounds the total time.
         try:
-            parsed = proxyproto.parse(bytes(self._pending))
+            header = proxyproto.parse_header(self._pending)
         except proxyproto.ProxyError as exc:
             self._fail(m.PROXY_ERROR, str(exc))
             return
-        if parsed is None:
-            if len(self._pending) > 536:  # v2 header with room for TLVs; v1 is far shorter
-                self._fail(m.PROXY_ERROR, "PROXY header too long")
+        if header is None:
             return
-        addresses, used = parsed
-        self._pending = self._pending[used:]
+        addresses = header.addresses
+        rest = bytes(self._pending[header.length :])
+        self._pending = EMPTY
         if addresses.source is not None:
             self.client = addresses.source
         if addresses.destination is not None:
             self.local = addresses.destination
-        self.seen_data = bool(self._pending)
+        # What follows the header is the client's first bytes, screened like any client's:
+        # a second header behind the balancer's is the client's forgery, not relayed.
+        claim = _proxy_claim(rest) if rest else None
+        if claim:
+            self._fail(m.PROXY_ERROR, "a second PROXY header after the load balancer's")
+            return
+        if rest:
+            self._pending = bytearray(rest)
+        self.seen_data = claim is False
         self._handshake_done()
 
     def _handshake_done(self) -> None:
@@ -293,6 +369,14 @@ class ClientConnection(asyncio.Protocol):
         return await asyncio.wait_for(upgrade, timeout=self.rt.config.timeouts.handshake)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
+        if transport.is_closing():
+            return
+        if transport.get_protocol() is self:
+            # start_tls has not swapped its TLS layer in yet (on neither event loop has this
+            # been seen; the order of its first steps is not documented): try again next
+            # turn rather than feed the ClientHello to the wrong protocol.
+            self.rt.loop.call_soon(self._hand_over, transport)
+            return
         early = bytes(self._pending)
         self._pending = EMPTY
         if early:
@@ -306,10 +390,19 @@ class ClientConnection(asyncio.Protocol):
             self._fail(m.PROXY_ERROR, f"unusable client address {self.client[0]!r}")
             return
         if address not in rt.allow:
+            if rt.failure is not None:
+                rt.failure(name)
             self._refuse(m.DENIED, rt.replies.denied(rt.config.hostname))
             return
+        if rt.admission is not None:
+            refusal = rt.admission(name)
+            if refusal is not None:
+                self._refuse(refusal.outcome, refusal.conversation)
+                return
         verdict = rt.limiter.acquire(name)
         if verdict is not limits.Verdict.ADMITTED:
+            if rt.failure is not None:
+                rt.failure(name)
             outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP
             self._refuse(outcome, rt.over_capacity())
             return
@@ -383,13 +476,20 @@ class ClientConnection(asyncio.Protocol):
             protocol.transport.write(
                 proxyproto.build(backend.proxy_protocol, self.client, self.local)
             )
-        pending = bytes(self._pending)
-        self._pending = EMPTY
-        if rt.config.kind.anonymous_allowed and not rt.config.anonymous:
-            self.gate = nntp.ReaderGate(
-                starttls=rt.server_tls is not None and not rt.implicit_tls,
-                tls_active=rt.implicit_tls,
-            )
+        if self._eof and not self.seen_data:
+            # The client's last bytes are a prefix of a PROXY signature and nothing follows:
+            # they are not a header.
+            self.seen_data = True
+        if self.seen_data:
+            pending = bytes(self._pending)
+            self._pending = EMPTY
+        else:
+            pending = EMPTY  # held until they show whether they are a PROXY header
+        gate = rt.gate() if rt.gate is not None else None
+        if rt.observe is not None:
+            gate = base.Observed(gate, rt.observe(self.client[0]))
+        if gate is not None:
+            self.gate = gate
             self.state = State.GATED
             if pending:
                 self._apply_gate(self.gate.from_client(pending))
@@ -403,7 +503,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    def _apply_gate(self, out: nntp.Output) -> None:
+    def _apply_gate(self, out: base.GateOutput) -> None:
         assert self.backend is not None and self.transport is not None
         if out.to_backend:
             self.bytes_up += len(out.to_backend)
@@ -412,7 +512,11 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_down += len(out.to_client)
             self.transport.write(out.to_client)
         if out.auth is not None:
-            self.rt.metrics.nntp_auth[out.auth.value].inc()
+            rt = self.rt
+            rt.metrics.nntp_auth[out.auth.value].inc()
+            if out.auth is base.AuthResult.FAILURE and rt.failure is not None:
+                rt.metrics.login_failures.inc()
+                rt.failure(self.client[0])
         if out.open:
             self.state = State.RELAY
             self.gate = None
@@ -506,6 +610,30 @@ class ClientConnection(asyncio.Protocol):
         self.backend = None
         rt.session_ended()
 
+    def tick(self, now: float, timeouts: config.Timeouts) -> None:
+        """The service's periodic sweep: end the session if it outlived its timeout. The
+        `active` flag (set on every byte) restarts the idle clock."""
+        if self.active:
+            self.active = False
+            self.idle_since = now
+            return
+        state = self.state
+        if state is State.RELAY or state is State.GATED:
+            limit = timeouts.idle
+        elif state is State.REFUSING:
+            limit = timeouts.refusal
+        elif state is State.PROXY or state is State.TLS:
+            if now - self.started > timeouts.handshake:
+                self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
+                self.abort()
+            return
+        else:
+            return
+        if now - self.idle_since > limit:
+            self.close()
+        else:
+            self.flush_counters()
+
     def flush_counters(self) -> None:
         if self.bytes_up:
             self.rt.metrics.bytes_up.inc(self.bytes_up)
@@ -564,8 +692,16 @@ class BackendConnection(asyncio.Protocol):
             self.client.transport.resume_reading()
 
 
-def _claims_proxy(data: bytes) -> bool:
-    return data.startswith(proxyproto.V1_PREFIX) or data.startswith(proxyproto.V2_SIGNATURE[:12])
+def _proxy_claim(data: bytes) -> bool | None:
+    """Whether a client's first bytes are a PROXY header: True, False, or None while they
+    are a strict prefix of a signature and the next bytes decide. What follows a signature
+    does not matter here: any header from a peer not trusted to send one is refused."""
+    kind = proxyproto.signature(data)
+    if kind is proxyproto.Signature.NONE:
+        return False
+    if kind is proxyproto.Signature.PARTIAL:
+        return None
+    return True
 
 
 def _reset(transport: asyncio.Transport) -> None:
@@ -581,8 +717,6 @@ def _reset(transport: asyncio.Transport) -> None:
 def _feed(transport: asyncio.Transport, data: bytes) -> None:
     """Hand bytes already read to the protocol the transport now has (a TLS layer)."""
     protocol = transport.get_protocol()
-    if isinstance(protocol, ClientConnection) or transport.is_closing():
-        return
     # asyncio's TLS layer is a BufferedProtocol; uvloop's implements the same two methods
     # without subclassing it.
     get_buffer = getattr(protocol, "get_buffer", None)

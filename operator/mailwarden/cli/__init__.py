@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         help="on Ctrl-C/SIGTERM, let sessions finish this long (default: 5)",
     )
     p.add_argument(
+        "--lame-duck-seconds",
+        type=float,
+        default=0.0,
+        help="on Ctrl-C/SIGTERM, first answer /readyz 503 and keep accepting this long, for a"
+        " load balancer that watches it (default: 0, stop accepting at once)",
+    )
+    p.add_argument(
         "--print-config",
         action="store_true",
         help="print the rendered listener configuration and exit",

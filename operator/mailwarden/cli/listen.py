@@ -22,12 +22,14 @@ class ManifestSource:
         metrics_port: int = 9090,
         metrics_address: str | None = "127.0.0.1",
         drain_seconds: float = 5.0,
+        lame_duck_seconds: float = 0.0,
     ) -> None:
         self._paths = paths
         self.namespace = namespace
         self.metrics_port = metrics_port
         self.metrics_address = metrics_address
         self.drain_seconds = drain_seconds
+        self.lame_duck_seconds = lame_duck_seconds
         self.warnings: list[str] = []
 
     def paths(self) -> list[pathlib.Path]:
@@ -53,12 +55,19 @@ class ManifestSource:
             )
             for problem in rendered.problems:
                 self.warnings.append(f"{name}: {problem}; refusing every client")
+            for problem in rendered.exempt_problems:
+                self.warnings.append(f"{name}: {problem}")
             services.append(rendered.service)
         try:
-            return lc.ListenerConfig(
-                services=tuple(services),
-                drain_seconds=self.drain_seconds,
-                metrics=lc.Metrics(address=self.metrics_address, port=self.metrics_port),
+            # Built from data, so the command line's values are checked as a file's are.
+            return lc.build(
+                lc.ListenerConfig,
+                {
+                    "services": services,
+                    "drain_seconds": self.drain_seconds,
+                    "lame_duck_seconds": self.lame_duck_seconds,
+                    "metrics": {"address": self.metrics_address, "port": self.metrics_port},
+                },
             )
         except ValueError as exc:
             raise lc.ConfigError(str(exc)) from None
@@ -84,6 +93,7 @@ def command(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         drain_seconds=args.drain_seconds,
+        lame_duck_seconds=args.lame_duck_seconds,
     )
     try:
         cfg = source.load()

@@ -12,6 +12,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from mailwarden.listener import config as lc
 from mailwarden.operator import conflicts, listeners, models, naming, render
 from mailwarden.operator import settings as settings_mod
@@ -132,6 +134,7 @@ def for_member(
         for port in lst.listener.ports_of(me):
             endpoints.append(Endpoint(lst.listener.address, port, lst.name))
     warnings = _warnings(me, built, settings)
+    warnings += [Warning("ExemptGroupUnresolved", p) for p in rendered.exempt_problems]
     return Children(tuple(built), rendered, tuple(endpoints), tuple(warnings), me.running)
 
 
@@ -243,8 +246,8 @@ def _service_config(
     rendered = _render(member.msvc, groups, replicas)
     ports = listener.ports_of(member)
     # Only this listener's ports: the member's other addresses have listeners of their own.
-    return rendered.service.model_copy(
-        update={"listen": tuple(lc.Endpoint(address=None, port=p) for p in ports)}
+    return msgspec.structs.replace(
+        rendered.service, listen=tuple(lc.Endpoint(address=None, port=p) for p in ports)
     )
 
 

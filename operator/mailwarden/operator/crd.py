@@ -58,6 +58,27 @@ def _same_endpoint(a: str, b: str) -> str:
     return f"{address(a)} == {address(b)} && {port(a)} == {port(b)}"
 
 
+def _range_rules(section: str) -> list[Schema]:
+    """The ranges of models.ABUSE_RANGES as CEL, with the models' messages (the field named,
+    the value given and the range to use)."""
+    rules = []
+    for (owner, field), (low, high) in models.ABUSE_RANGES.items():
+        if owner != section:
+            continue
+        off = " (0: off)" if low == 0 else ""
+        rules.append(
+            {
+                "rule": f"!has(self.{field}) || (self.{field} >= {low} && self.{field} <= {high})",
+                "message": f"access.{section}.{field}: out of range; use {low} to {high}{off}",
+                "messageExpression": f"'access.{section}.{field}: ' + string(self.{field}) + "
+                f"' is out of range; use {low} to {high}{off}'",
+                "fieldPath": f".{field}",
+                "reason": "FieldValueInvalid",
+            }
+        )
+    return rules
+
+
 RULES: dict[str, list[Schema]] = {
     "MailServiceSpec": [
         {
@@ -104,6 +125,8 @@ RULES: dict[str, list[Schema]] = {
             "reason": "FieldValueInvalid",
         },
     ],
+    "RateLimit": _range_rules("rateLimit"),
+    "AutoBan": _range_rules("autoBan"),
     "GroupItem": [
         {
             "rule": " + ".join(
@@ -356,6 +379,13 @@ def mailservice_crd() -> Schema:
         ),
         _column("Endpoints", ".status.endpoints", "Assigned addresses and ports."),
         _column("Ready", f"{_READY}.status", "The Ready condition."),
+        _column("Active", ".status.connections.active", "Sessions open now, all pods.", "integer"),
+        _column(
+            "Refused",
+            ".status.connections.refused",
+            "Refusals in the last 5 minutes, all pods.",
+            "integer",
+        ),
         _column("Reason", f"{_READY}.reason", "Why Ready is what it is.", priority=1),
         _column("Replicas", ".spec.replicas", "Listener pods.", "integer", priority=1),
         _column(

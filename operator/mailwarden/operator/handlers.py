@@ -18,12 +18,16 @@
   backend; one whose answer changed (unreachable, or back) is reconciled. A task of the
   operator rather than a kopf timer: kopf puts a finalizer on every object with a timer, and
   MailServices should stay deletable without the operator.
+- at most every MAILWARDEN_FIGURES_SECONDS -> the live figures of every listener pod
+  (GET /status), summed into each MailService's status.connections when they changed
+  (poll.py); a task too, for the same reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -31,7 +35,7 @@ from typing import Any
 
 import kopf
 
-from mailwarden.operator import groups, kube, models, naming, reconcile
+from mailwarden.operator import conditions, groups, kube, models, naming, poll, reconcile
 from mailwarden.operator import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -75,11 +79,12 @@ async def configure(
     memo.generations = {}
     memo.resync = asyncio.create_task(_resync(memo.ctx, mailservices, ipaddressgroups))
     memo.probing = asyncio.create_task(_probe_backends(memo.ctx, mailservices, ipaddressgroups))
+    memo.figures = asyncio.create_task(_poll_figures(memo.ctx, mailservices, ipaddressgroups))
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("resync", "probing"):
+    for name in ("resync", "probing", "figures"):
         task = memo.get(name)
         if task is not None:
             task.cancel()
@@ -298,6 +303,42 @@ async def _probe_backends(
         await asyncio.sleep(period)
         world = reconcile.world_of(mailservices, ipaddressgroups)
         await asyncio.gather(*(one(key, world) for key in list(world.services)))
+
+
+async def _poll_figures(
+    ctx: reconcile.Context,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+) -> None:
+    """A round starts at most every figures_seconds (a slow round delays the next; rounds
+    never overlap). Nothing a pod says or fails to say ends the task."""
+    settings = ctx.settings
+    period = settings.figures_seconds
+    if period <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    async with poll.session(settings.figures_concurrency) as http:
+        while True:
+            started = loop.time()
+            try:
+                world = reconcile.world_of(mailservices, ipaddressgroups)
+                outcomes = await poll.round_(
+                    ctx.api,
+                    list(world.services),
+                    port=settings.metrics_port,
+                    seconds=settings.figures_timeout,
+                    concurrency=settings.figures_concurrency,
+                    http=http,
+                    listeners_of=functools.partial(
+                        world.listener_deployments, defaults=settings.listener_defaults
+                    ),
+                )
+                stamp = conditions.now()
+                for key, outcome in outcomes.items():
+                    await _quietly(reconcile.write_figures(ctx, key, world, outcome, stamp))
+            except Exception:  # a bug must not end the figures for good: log, next round
+                logger.exception("reading the live figures failed; trying again next round")
+            await asyncio.sleep(max(0.0, period - (loop.time() - started)))
 
 
 async def _resync(

@@ -49,3 +49,16 @@ def reconcile(kind: str) -> Iterator[list[str]]:
 
 def serve(port: int, address: str = "0.0.0.0") -> None:
     prometheus_client.start_http_server(port, addr=address)
+
+
+# Live figures (poll.py): each pod asked, by result (answered, unreachable), and the status
+# writes they caused (only when a figure or the FiguresAvailable condition changed).
+FIGURE_POLLS = prometheus_client.Counter(
+    "mailwarden_operator_figure_polls_total",
+    "Listener pods asked for their live figures (GET /status), by result.",
+    ["result"],
+)
+FIGURE_WRITES = prometheus_client.Counter(
+    "mailwarden_operator_figure_writes_total",
+    "MailService status writes caused by changed live figures.",
+)

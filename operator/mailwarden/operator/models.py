@@ -104,8 +104,95 @@ class ListenAddress(_Spec):
         return v
 
 
+# Ranges of the abuse-defence settings: (lowest, highest). Checked by a validator here and by
+# a CEL rule in the CRD with the same message (crd.RULES), which names the field.
+ABUSE_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("rateLimit", "connectionsPerMinute"): (0, 100_000),
+    ("rateLimit", "ipv6PrefixLength"): (16, 128),
+    ("autoBan", "afterFailures"): (1, 10_000),
+    ("autoBan", "withinSeconds"): (1, 86_400),
+    ("autoBan", "banSeconds"): (1, 2_592_000),  # 30 days
+    ("autoBan", "ipv6PrefixLength"): (16, 128),
+}
+
+
+def range_message(section: str, field: str, value: object) -> str:
+    low, high = ABUSE_RANGES[(section, field)]
+    off = " (0: off)" if low == 0 else ""
+    return f"access.{section}.{field}: {value} is out of range; use {low} to {high}{off}"
+
+
+def _in_range(section: str, field: str, value: int) -> int:
+    low, high = ABUSE_RANGES[(section, field)]
+    if not low <= value <= high:
+        raise ValueError(range_message(section, field, value))
+    return value
+
+
+IPV6_PREFIX_DESCRIPTION = (
+    "IPv6 clients are counted and banned per network of this many bits (16 to 128), since "
+    "one customer usually holds a whole /64 and can hop within it. IPv4 addresses count alone."
+)
+
+
+class RateLimit(_Spec):
+    """New connections from one address per minute, counted by each listener pod."""
+
+    connections_per_minute: int = Field(
+        default=0,
+        description=(
+            "At most this many new connections from one address in any 60 seconds (a burst "
+            "of that many is fine; the next one within the minute is refused as a temporary "
+            "failure, before the backend is contacted). 0 to 100000; 0: off."
+        ),
+    )
+    ipv6_prefix_length: int = Field(default=64, description=IPV6_PREFIX_DESCRIPTION)
+
+    @pydantic.field_validator("connections_per_minute", "ipv6_prefix_length")
+    @classmethod
+    def _range(cls, v: int, info: pydantic.ValidationInfo) -> int:
+        return _in_range("rateLimit", to_camel(info.field_name or ""), v)
+
+
+class AutoBan(_Spec):
+    """Ban an address for a while after repeated failures: refused connections (denied,
+    over a cap, over the rate limit) and failed logins the listener can see."""
+
+    after_failures: int = Field(
+        default=5,
+        description="The failure that starts a ban: the Nth within withinSeconds (1 to 10000).",
+    )
+    within_seconds: int = Field(
+        default=60, description="The window the failures are counted in (1 to 86400)."
+    )
+    ban_seconds: int = Field(
+        default=600,
+        description=(
+            "How long a ban lasts (1 to 2592000). Banned addresses are refused at once as a "
+            "temporary failure; the ban ends by itself."
+        ),
+    )
+    exempt_from: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description=(
+            "An IPAddressGroup in the same namespace whose addresses are never rate-limited "
+            "or banned (the connection caps still apply to them)."
+        ),
+    )
+    ipv6_prefix_length: int = Field(default=64, description=IPV6_PREFIX_DESCRIPTION)
+
+    @pydantic.field_validator(
+        "after_failures", "within_seconds", "ban_seconds", "ipv6_prefix_length"
+    )
+    @classmethod
+    def _range(cls, v: int, info: pydantic.ValidationInfo) -> int:
+        return _in_range("autoBan", to_camel(info.field_name or ""), v)
+
+
 class Access(_Spec):
-    """Who may connect, and how many at once."""
+    """Who may connect, how many at once, and how fast."""
 
     allow_from: str | None = Field(
         default=None,
@@ -137,6 +224,14 @@ class Access(_Spec):
             "Most concurrent connections from one client address, per listener replica. "
             "0: unlimited."
         ),
+    )
+    rate_limit: RateLimit | None = Field(
+        default=None,
+        description="Per-address connection rate limit, per listener pod. Absent: off.",
+    )
+    auto_ban: AutoBan | None = Field(
+        default=None,
+        description="Ban addresses after repeated failures, per listener pod. Absent: off.",
     )
 
 
@@ -510,6 +605,43 @@ ObservedGeneration = Annotated[
 ]
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
+class Connections(_Status):
+    """Live figures summed over the listener pods serving the MailService, read from each
+    pod's /status at most every MAILWARDEN_FIGURES_SECONDS and written only when a figure
+    changed. Refusals are counted over the last 5 minutes."""
+
+    active: Count = Field(default=0, description="Sessions open now, all pods together.")
+    refused: Count = Field(
+        default=0, description="Refusals in the last 5 minutes, all outcomes together."
+    )
+    denied: Count = Field(
+        default=0, description="Refused in the last 5 minutes: address not allowed."
+    )
+    over_cap: Count = Field(
+        default=0, description="Refused in the last 5 minutes: over maxConnections."
+    )
+    over_address_cap: Count = Field(
+        default=0,
+        description="Refused in the last 5 minutes: over maxConnectionsPerAddress.",
+    )
+    rate_limited: Count = Field(
+        default=0, description="Refused in the last 5 minutes: over the address's rate limit."
+    )
+    banned: Count = Field(
+        default=0, description="Refused in the last 5 minutes: the address was banned."
+    )
+    backend_down: Count = Field(
+        default=0, description="Refused in the last 5 minutes: the backend did not answer."
+    )
+    banned_addresses: Count = Field(default=0, description="Addresses banned now.")
+    observed_at: datetime.datetime | None = Field(
+        default=None, description="When the pods were asked for these figures."
+    )
+
+
 class MailServiceStatus(_Status):
     """What the operator observed and did, as of observedGeneration."""
 
@@ -554,6 +686,10 @@ class MailServiceStatus(_Status):
         default=None,
         max_length=1024,
         description="Label selector of the listener pods (for the scale subresource).",
+    )
+    connections: Connections | None = Field(
+        default=None,
+        description="Live figures: sessions open now and refusals in the last 5 minutes.",
     )
 
 

@@ -16,10 +16,12 @@ import pydantic
 
 from mailwarden.operator import (
     apply,
+    bans,
     children,
     conditions,
     conflicts,
     events,
+    figures,
     groups,
     kube,
     listeners,
@@ -99,15 +101,32 @@ class World:
             out.append(listeners.Member(msvc, created(body), lost))
         return out
 
+    def listener_deployments(
+        self, key: Key, defaults: settings_mod.ListenerDefaults | None = None
+    ) -> tuple[str, ...]:
+        """The listener Deployments serving the MailService `key` (contract C5): its pods are
+        those labelled mailwarden.io/listener=<name> in its namespace. Its own listener when
+        its spec cannot be read."""
+        body = self.services.get(key)
+        msvc = parse_mailservice(body) if body is not None else None
+        if msvc is None:
+            return (naming.base(key[1]),)
+        msvc = children.with_defaults(msvc, defaults or settings_mod.ListenerDefaults())
+        me = conflicts.claimant(msvc, created(body or {}))
+        lost = conflicts.lost(me, self.claimants(defaults)) if me.claims else {}
+        return listeners.deployments(msvc, lost)
+
     def users_of(self, namespace: str, group: str) -> list[Mapping[str, Any]]:
         """MailServices of `namespace` whose access depends on `group`, directly or nested."""
         specs = self.group_specs(namespace)
         out = []
         for (ns, _), body in self.services.items():
-            allow = ((body.get("spec") or {}).get("access") or {}).get("allowFrom")
-            if ns != namespace or not allow:
+            if ns != namespace:
                 continue
-            if group in groups.resolve(allow, specs).uses:
+            access = (body.get("spec") or {}).get("access") or {}
+            # allowFrom and autoBan.exemptFrom both render a group into the configuration.
+            named = (access.get("allowFrom"), (access.get("autoBan") or {}).get("exemptFrom"))
+            if any(root and group in groups.resolve(root, specs).uses for root in named):
                 out.append(body)
         return out
 
@@ -210,6 +229,8 @@ class Context:
     written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # The last backend probe of each running MailService.
     probes: dict[Key, probe.Result] = dataclasses.field(default_factory=dict)
+    # When each MailService last got a ban Event (at most one per bans.EVENT_SECONDS).
+    ban_events: bans.Throttle = dataclasses.field(default_factory=bans.Throttle)
 
     async def write_status(
         self, kind: str, path: str, key: Key, old: Mapping[str, Any], new: Mapping[str, Any]
@@ -226,6 +247,7 @@ class Context:
         self.written.pop((kind, *key), None)
         if kind == "MailService":
             self.probes.pop(key, None)
+            self.ban_events.forget(key)
 
     async def backend_error(
         self, key: Key, built: children.Children, *, fresh: bool = False
@@ -649,6 +671,53 @@ async def probe_backend(ctx: Context, key: Key, world: World) -> bool:
         return False
     await mailservice(ctx, body, world)
     return True
+
+
+async def write_figures(
+    ctx: Context, key: Key, world: World, outcome: figures.Outcome, observed_at: str
+) -> bool:
+    """Put a MailService's live figures in its status (status.connections and the
+    FiguresAvailable condition), only when a figure or the condition changed: a quiet
+    cluster stays write-free. True when it wrote."""
+    async with ctx.locks(key):
+        if key not in world.services:
+            return False
+        body = world.services[key]
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return False
+        old = ctx.old_status("MailService", body)
+        new_connections = figures.connections(outcome, observed_at)
+        status, reason, message = figures.condition(outcome)
+        old_conditions = list(old.get("conditions") or [])
+        previous = conditions.get(old_conditions, figures.FIGURES_AVAILABLE)
+        generation = int(meta.get("generation") or 0)
+        if previous is not None:
+            # Not a reason to write: the figures do not depend on the spec's generation.
+            generation = int(previous.get("observedGeneration") or generation)
+        new_conditions = conditions.set_condition(
+            old_conditions,
+            figures.FIGURES_AVAILABLE,
+            status,
+            reason,
+            message,
+            generation,
+        )
+        old_connections = old.get("connections")
+        banned = bans.message(old_connections, new_connections)
+        if banned is not None and ctx.ban_events.allow(key):
+            await events.post(ctx.api, body, "Warning", bans.REASON, banned)
+        if figures.same_figures(old_connections, new_connections):
+            if new_conditions == old_conditions:
+                return False
+            assert old_connections is not None
+            new_connections = dict(old_connections)  # observedAt stays with the figures
+        path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
+        patch = {"connections": new_connections, "conditions": new_conditions}
+        await ctx.api.patch(f"{path}/status", {"status": patch})
+        ctx.written[("MailService", *key)] = {**old, **patch}
+        metrics.FIGURE_WRITES.inc()
+        return True
 
 
 def world_of(services: Mapping[Key, Any], groups_: Mapping[Key, Any]) -> World:

@@ -22,6 +22,10 @@ class Rendered:
     # Why the access list is empty when it fails closed (group missing or cyclic).
     problems: tuple[str, ...] = ()
     resolution: groups.Resolution | None = None
+    # The group of access.autoBan.exemptFrom, resolved; and why no address is exempt when it
+    # cannot be resolved (the service runs on, with nobody exempt).
+    exempt_resolution: groups.Resolution | None = None
+    exempt_problems: tuple[str, ...] = ()
 
 
 def per_pod_cap(max_connections: int, replicas: int) -> int:
@@ -75,6 +79,8 @@ def service_config(
         tls = lc.TLSFiles(cert_file=base / "tls.crt", key_file=base / "tls.key")
     if replicas is None:
         replicas = 1 if bind_addresses else spec.replicas
+    rate_limit = spec.access.rate_limit or models.RateLimit()
+    auto_ban, exempt_resolution, exempt_problems = _auto_ban(spec.access.auto_ban, group_specs)
     cfg = lc.ServiceConfig(
         name=f"{msvc.metadata.namespace}/{msvc.metadata.name}",
         service=spec.service,
@@ -86,7 +92,7 @@ def service_config(
         backend=lc.Backend(
             host=spec.backend.host,
             port=spec.backend.port or kind.port,
-            proxy_protocol=spec.backend.proxy_protocol.lower(),
+            proxy_protocol=_proxy_protocol(spec.backend.proxy_protocol),
             tls=lc.BackendTLS(
                 enabled=spec.backend.tls.enabled,
                 verify=not spec.backend.tls.insecure_skip_verify,
@@ -99,8 +105,49 @@ def service_config(
             handshake=spec.timeouts.handshake_seconds, idle=spec.timeouts.idle_seconds
         ),
         hostname=msvc.metadata.name,
+        rate_limit=lc.RateLimit(
+            connections_per_minute=rate_limit.connections_per_minute,
+            ipv6_prefix_length=rate_limit.ipv6_prefix_length,
+        ),
+        auto_ban=auto_ban,
     )
-    return Rendered(cfg, tuple(problems), resolution)
+    return Rendered(cfg, tuple(problems), resolution, exempt_resolution, exempt_problems)
+
+
+def _auto_ban(
+    spec: models.AutoBan | None, group_specs: Mapping[str, models.IPAddressGroupSpec]
+) -> tuple[lc.AutoBan | None, groups.Resolution | None, tuple[str, ...]]:
+    """The auto-ban with its exempt group resolved to CIDRs, as allowFrom is. A group that
+    cannot be resolved exempts nobody (failing open here would exempt an unknown set)."""
+    if spec is None:
+        return None, None, ()
+    exempt: tuple[str, ...] = ()
+    resolution = None
+    problems: list[str] = []
+    if spec.exempt_from is not None:
+        resolution = groups.resolve(spec.exempt_from, group_specs)
+        exempt = resolution.cidrs
+        if resolution.missing:
+            problems.append(
+                f"access.autoBan.exemptFrom: IPAddressGroup not found: "
+                f"{', '.join(resolution.missing)}; no address is exempt"
+            )
+        if resolution.cycles:
+            problems.append(
+                "access.autoBan.exemptFrom: IPAddressGroup cycle: "
+                + "; ".join(" -> ".join(c) for c in resolution.cycles)
+                + "; no address is exempt"
+            )
+        if problems:
+            exempt = ()
+    ban = lc.AutoBan(
+        after_failures=spec.after_failures,
+        within_seconds=spec.within_seconds,
+        ban_seconds=spec.ban_seconds,
+        exempt=exempt,
+        ipv6_prefix_length=spec.ipv6_prefix_length,
+    )
+    return ban, resolution, tuple(problems)
 
 
 def listener_config(
@@ -110,13 +157,19 @@ def listener_config(
     metrics_port: int = METRICS_PORT,
     lame_duck_seconds: float = 0.0,
 ) -> lc.ListenerConfig:
-    extra: dict[str, float] = {}
-    if lame_duck_seconds and "lame_duck_seconds" in lc.ListenerConfig.model_fields:
-        # Pods behind a load balancer keep accepting this long after SIGTERM (readyz 503).
-        extra["lame_duck_seconds"] = lame_duck_seconds
+    """lame_duck_seconds: pods behind a load balancer keep accepting this long after
+    SIGTERM while /readyz says 503 (0 on a host)."""
     return lc.ListenerConfig(
         services=tuple(services),
         drain_seconds=drain_seconds,
         metrics=lc.Metrics(port=metrics_port),
-        **extra,
+        lame_duck_seconds=lame_duck_seconds,
     )
+
+
+def _proxy_protocol(value: str) -> lc.ProxyProtocol:
+    """The CRD's spelling (None, V1, V2) as the listener's (none, v1, v2)."""
+    for name in lc.PROXY_PROTOCOLS:
+        if name == value.lower():
+            return name
+    raise ValueError(f"unknown PROXY protocol version {value!r}")

@@ -189,6 +189,12 @@ class Settings:
     # probe may take. 0 seconds: no probes (BackendUnreachable is never reported).
     backend_probe_seconds: float = 60.0
     backend_probe_timeout: float = 3.0
+    # Live figures (status.connections): every listener pod's GET /status is read once per
+    # round, rounds at most this often (0: never; ACTIVE and REFUSED stay empty), each within
+    # the timeout, at most `figures_concurrency` pods at once.
+    figures_seconds: float = 15.0
+    figures_timeout: float = 2.0
+    figures_concurrency: int = 32
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -216,6 +222,22 @@ class Settings:
             raise SettingsError(
                 f"MAILWARDEN_BACKEND_PROBE_TIMEOUT: {timeout:g} is not between 0 and 30 seconds"
             )
+        figures_every = _seconds(env, "MAILWARDEN_FIGURES_SECONDS", default.figures_seconds)
+        if 0 < figures_every < 1:
+            raise SettingsError(
+                f"MAILWARDEN_FIGURES_SECONDS: {figures_every:g} is under 1 second (0 turns the "
+                "live figures off)"
+            )
+        figures_timeout = _seconds(env, "MAILWARDEN_FIGURES_TIMEOUT", default.figures_timeout)
+        if not 0 < figures_timeout <= 30:
+            raise SettingsError(
+                f"MAILWARDEN_FIGURES_TIMEOUT: {figures_timeout:g} is not between 0 and 30 seconds"
+            )
+        concurrency = env.get("MAILWARDEN_FIGURES_CONCURRENCY", str(default.figures_concurrency))
+        if not concurrency.isdigit() or not 1 <= int(concurrency) <= 1000:
+            raise SettingsError(
+                f"MAILWARDEN_FIGURES_CONCURRENCY: {concurrency!r} is not a number from 1 to 1000"
+            )
         return cls(
             image=image,
             image_pull_policy=PULL_POLICIES[policy],
@@ -224,6 +246,9 @@ class Settings:
             listener_defaults=defaults,
             backend_probe_seconds=every,
             backend_probe_timeout=timeout,
+            figures_seconds=figures_every,
+            figures_timeout=figures_timeout,
+            figures_concurrency=int(concurrency),
         )
 
 

@@ -331,7 +331,7 @@ def mailservice(
     state = state_of(f)
     last_change = old.get("lastStateChange") if old.get("state") == state else None
     # The shape of models.MailServiceStatus, from which the CRD's status schema is made.
-    return {
+    out: dict[str, Any] = {
         "observedGeneration": gen,
         "state": state,
         "lastStateChange": last_change or timestamp,
@@ -342,6 +342,10 @@ def mailservice(
         "address": address_of(f),
         "conditions": warning_condition(built, conds, gen, timestamp),
     }
+    # The live figures are written by the poller (reconcile.figures), not here; keep them.
+    if "connections" in old:
+        out["connections"] = old["connections"]
+    return out
 
 
 def _selector(msvc: models.MailService, built: children.Children) -> dict[str, str]:

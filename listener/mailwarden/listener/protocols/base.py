@@ -1,9 +1,19 @@
 """What every protocol module provides: the conversations the listener holds itself when it
-does not relay a session (refusals), as pure objects that turn bytes in into bytes out."""
+does not relay a session (refusals), as pure objects that turn bytes in into bytes out, and
+optionally a gate that stands between client and backend at the start of a session.
+
+A protocol module under `protocols/` is found by its catalogue wire name (`Wire.NNTP` ->
+`protocols/nntp.py`) and exports:
+
+- `REPLIES`: a `Replies` (the refusals worded as its RFCs ask);
+- optionally `gate(*, anonymous, starttls, tls_active) -> GateFactory | None`: a gate for a
+  service of that protocol, or None where sessions are relayed from the first byte."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -48,25 +58,140 @@ class Replies(Protocol):
 
     def unavailable(self, hostname: str) -> Conversation: ...
 
+    def rate_limited(self, hostname: str, retry_after: int) -> Conversation:
+        """Too many new connections from the client's address (a temporary refusal)."""
+        ...
+
+    def banned(self, hostname: str, retry_after: int) -> Conversation:
+        """The client's address is banned for a while after repeated failures."""
+        ...
+
 
 class FixedReplies:
     """Refusals that are one fixed line each and then a close (POP3, IMAP, NNTP)."""
 
-    __slots__ = ("_denied", "_over_capacity", "_unavailable")
+    __slots__ = ("_banned", "_denied", "_over_capacity", "_rate_limited", "_unavailable")
 
-    def __init__(self, *, over_capacity: bytes, denied: bytes, unavailable: bytes) -> None:
-        self._over_capacity = over_capacity
-        self._denied = denied
-        self._unavailable = unavailable
+    def __init__(
+        self,
+        *,
+        over_capacity: bytes,
+        denied: bytes,
+        unavailable: bytes,
+        rate_limited: bytes,
+        banned: bytes,
+    ) -> None:
+        self._over_capacity = OneShot(over_capacity)
+        self._denied = OneShot(denied)
+        self._unavailable = OneShot(unavailable)
+        self._rate_limited = OneShot(rate_limited)
+        self._banned = OneShot(banned)
 
+    # Stateless: one conversation serves every refused client (a flood is mostly these).
     def over_capacity(self, hostname: str) -> Conversation:
-        return OneShot(self._over_capacity)
+        return self._over_capacity
 
     def denied(self, hostname: str) -> Conversation:
-        return OneShot(self._denied)
+        return self._denied
 
     def unavailable(self, hostname: str) -> Conversation:
-        return OneShot(self._unavailable)
+        return self._unavailable
+
+    def rate_limited(self, hostname: str, retry_after: int) -> Conversation:
+        return self._rate_limited
+
+    def banned(self, hostname: str, retry_after: int) -> Conversation:
+        return self._banned
+
+
+class AuthResult(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+@dataclasses.dataclass(slots=True)
+class GateOutput:
+    """What a gate makes of the bytes it was given."""
+
+    to_backend: bytes = b""
+    to_client: bytes = b""
+    # The gate is done: from now on every byte is relayed untouched.
+    open: bool = False
+    # An authentication result the gate saw (counted per service).
+    auth: AuthResult | None = None
+    # The client asked for STARTTLS and was told to go ahead: upgrade the client leg now.
+    start_tls: bool = False
+
+
+class Gate(Protocol):
+    """Stands between client and backend until the protocol says the session may be relayed
+    untouched (NNTP: until AUTHINFO succeeds). Pure: bytes in, bytes out; the session owns
+    the sockets, TLS and flow control."""
+
+    @property
+    def idle(self) -> bool:
+        """No client command waits for its turn or its answer (the client's EOF may pass)."""
+        ...
+
+    def from_client(self, data: bytes) -> GateOutput: ...
+
+    def from_backend(self, data: bytes) -> GateOutput: ...
+
+    def tls_started(self) -> None:
+        """The client's leg is encrypted now (after a `start_tls` output)."""
+
+
+GateFactory = Callable[[], Gate]
+
+
+class Observer(Protocol):
+    """Reads the first bytes of a relayed session without changing them (e.g. to see
+    authentication failures). Each method returns False once it has seen enough; from then
+    on the session relays without it."""
+
+    def client(self, data: bytes) -> bool: ...
+
+    def backend(self, data: bytes) -> bool: ...
+
+
+class Observed:
+    """A gate (or none) with an observer beside it: bytes go through the inner gate, or
+    straight through without one, and the observer sees what each side sent. The session
+    is relayed untouched once the inner gate has opened and the observer is done."""
+
+    __slots__ = ("_gate", "_observer", "_watching")
+
+    def __init__(self, gate: Gate | None, observer: Observer) -> None:
+        self._gate = gate
+        self._observer = observer
+        self._watching = True
+
+    @property
+    def idle(self) -> bool:
+        return self._gate is None or self._gate.idle
+
+    def from_client(self, data: bytes) -> GateOutput:
+        if self._watching:
+            self._watching = self._observer.client(data)
+        out = self._gate.from_client(data) if self._gate is not None else GateOutput(data)
+        return self._settle(out)
+
+    def from_backend(self, data: bytes) -> GateOutput:
+        if self._watching:
+            self._watching = self._observer.backend(data)
+        gate = self._gate
+        out = gate.from_backend(data) if gate is not None else GateOutput(to_client=data)
+        return self._settle(out)
+
+    def tls_started(self) -> None:
+        if self._gate is not None:
+            self._gate.tls_started()
+
+    def _settle(self, out: GateOutput) -> GateOutput:
+        if out.open:
+            self._gate = None  # the inner gate is done: pass bytes through from now on
+        out.open = self._gate is None and not self._watching
+        return out
 
 
 class LineBuffer:

@@ -106,5 +106,23 @@ class HTTPReplies:
     def unavailable(self, hostname: str) -> base.Conversation:
         return Refusal(502, "Bad Gateway", "Service temporarily unavailable, try again later")
 
+    # RFC 9110 §15.6.4 and §10.2.3: 503 with the seconds until the refusal ends. (429 Too
+    # Many Requests, RFC 6585 §4, counts requests of one client; this counts connections.)
+    def rate_limited(self, hostname: str, retry_after: int) -> base.Conversation:
+        return Refusal(
+            503,
+            "Service Unavailable",
+            "Rate limited: too many connections from your address, try again later",
+            (("Retry-After", str(retry_after)),),
+        )
+
+    def banned(self, hostname: str, retry_after: int) -> base.Conversation:
+        return Refusal(
+            503,
+            "Service Unavailable",
+            "Banned: too many failures from your address, try again later",
+            (("Retry-After", str(retry_after)),),
+        )
+
 
 REPLIES = HTTPReplies()

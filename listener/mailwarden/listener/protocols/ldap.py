@@ -28,6 +28,11 @@ DENIED = (
     "Access denied: your address is not allowed to use this service",
 )
 UNAVAILABLE = (ResultCode.UNAVAILABLE, "Service temporarily unavailable, try again later")
+RATE_LIMITED = (
+    ResultCode.BUSY,
+    "Rate limited: too many connections from your address, try again later",
+)
+BANNED = (ResultCode.UNAVAILABLE, "Banned: too many failures from your address, try again later")
 
 # BER identifiers (X.690 §8.1.2): universal and RFC 4511 application/context tags.
 _SEQUENCE = 0x30
@@ -71,6 +76,16 @@ class LDAPReplies:
 
     def unavailable(self, hostname: str) -> base.Conversation:
         return base.OneShot(notice_of_disconnection(*UNAVAILABLE))
+
+    def rate_limited(self, hostname: str, retry_after: int) -> base.Conversation:
+        return _RATE_LIMITED
+
+    def banned(self, hostname: str, retry_after: int) -> base.Conversation:
+        return _BANNED
+
+
+_RATE_LIMITED = base.OneShot(notice_of_disconnection(*RATE_LIMITED))
+_BANNED = base.OneShot(notice_of_disconnection(*BANNED))
 
 
 REPLIES = LDAPReplies()

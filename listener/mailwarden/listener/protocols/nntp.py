@@ -5,8 +5,7 @@ succeeds)."""
 
 from __future__ import annotations
 
-import dataclasses
-import enum
+import functools
 
 from mailwarden.listener.protocols import base
 
@@ -36,23 +35,29 @@ BEFORE_AUTH = frozenset({b"CAPABILITIES", b"MODE", b"AUTHINFO", b"QUIT", b"HELP"
 MULTILINE = frozenset({b"100", b"101", b"215"})
 
 
-REPLIES = base.FixedReplies(over_capacity=OVER_CAPACITY, denied=DENIED, unavailable=UNAVAILABLE)
+RATE_LIMITED = b"400 Rate limited: too many connections from your address, try again later\r\n"
+BANNED = b"400 Banned: too many failures from your address, try again later\r\n"
 
 
-class AuthResult(enum.Enum):
-    SUCCESS = "success"
-    FAILURE = "failure"
+REPLIES = base.FixedReplies(
+    over_capacity=OVER_CAPACITY,
+    denied=DENIED,
+    unavailable=UNAVAILABLE,
+    rate_limited=RATE_LIMITED,
+    banned=BANNED,
+)
 
 
-@dataclasses.dataclass(slots=True)
-class Output:
-    to_backend: bytes = b""
-    to_client: bytes = b""
-    # The gate is done: from now on every byte is relayed untouched.
-    open: bool = False
-    auth: AuthResult | None = None
-    # The reader asked for STARTTLS and was told 382: upgrade the client leg now.
-    start_tls: bool = False
+AuthResult = base.AuthResult
+Output = base.GateOutput
+
+
+def gate(*, anonymous: bool, starttls: bool, tls_active: bool) -> base.GateFactory | None:
+    """The reader gate for a service without anonymous access (INN's readers.conf without
+    an anonymous access group is the model); with it, sessions are relayed untouched."""
+    if anonymous:
+        return None
+    return functools.partial(ReaderGate, starttls=starttls, tls_active=tls_active)
 
 
 class ReaderGate:

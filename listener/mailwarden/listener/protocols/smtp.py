@@ -6,7 +6,7 @@ the 521/556 alternatives that we do not use because 554 is what clients expect."
 
 from __future__ import annotations
 
-from mailwarden.listener.protocols import base
+from mailwarden.listener.protocols import authwatch, base
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets, CRLF included.
 COMMAND_LINE_LIMIT = 512
@@ -22,6 +22,13 @@ LINE_TOO_LONG = "500 5.5.2 Error: line too long\r\n"
 BYE = "221 2.0.0 Bye\r\n"
 TOO_MANY_ERRORS = "421 4.7.0 {host} Error: too many errors\r\n"
 UNAVAILABLE = "421 4.4.1 {host} Service temporarily unavailable, try again later\r\n"
+# RFC 3463 §3.8: X.7.0, other security or policy status (Postfix's anvil and postscreen say
+# 421 4.7.0 too).
+RATE_LIMITED = (
+    "421 4.7.0 {host} Error: rate limited: too many connections from your address, "
+    "try again later\r\n"
+)
+BANNED = "421 4.7.0 {host} Error: banned: too many failures from your address, try again later\r\n"
 
 
 class DeniedSession:
@@ -63,5 +70,42 @@ class SMTPReplies:
     def unavailable(self, hostname: str) -> base.Conversation:
         return base.OneShot(UNAVAILABLE.format(host=hostname).encode())
 
+    def rate_limited(self, hostname: str, retry_after: int) -> base.Conversation:
+        return base.OneShot(RATE_LIMITED.format(host=hostname).encode())
+
+    def banned(self, hostname: str, retry_after: int) -> base.Conversation:
+        return base.OneShot(BANNED.format(host=hostname).encode())
+
 
 REPLIES = SMTPReplies()
+
+
+class AuthWatch(authwatch.LineWatch):
+    """Failed SMTP AUTH (RFC 4954 §6: 535 5.7.8 authentication credentials invalid) in the
+    server's replies. Only the server's replies are read: in SMTP they are all status lines,
+    so message content can never look like one. Off after 235 (authenticated), after a
+    second 220 (STARTTLS accepted: what follows is TLS the listener does not see) and after
+    354 (the client sends mail rather than logging in)."""
+
+    __slots__ = ("_greeted",)
+
+    def __init__(self, budget: int = authwatch.BUDGET) -> None:
+        super().__init__(budget)
+        self._greeted = False
+
+    def from_client(self, data: bytes) -> None:
+        # Only the budget: commands tell nothing the replies do not.
+        self._spend(len(data))
+
+    def server_line(self, line: bytes) -> int:
+        if line[3:4] == b"-":  # a line of a multi-line reply; its last line decides
+            return 0
+        code = line[:3]
+        if not self._greeted:
+            self._greeted = True
+            return 0
+        if code == b"535":
+            return 1
+        if code in (b"235", b"220", b"354"):
+            self.done = True
+        return 0

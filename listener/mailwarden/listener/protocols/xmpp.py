@@ -27,6 +27,11 @@ POLICY_VIOLATION = (
     "policy-violation",
     "Access denied: your address is not allowed to use this service",
 )
+RATE_LIMITED = (
+    "policy-violation",
+    "Rate limited: too many connections from your address, try again later",
+)
+BANNED = ("policy-violation", "Banned: too many failures from your address, try again later")
 REMOTE_CONNECTION_FAILED = (
     "remote-connection-failed",
     "Service temporarily unavailable, try again later",
@@ -107,6 +112,13 @@ class XMPPReplies:
 
     def unavailable(self, hostname: str) -> base.Conversation:
         return StreamRefusal(REMOTE_CONNECTION_FAILED, hostname)
+
+    # RFC 6120 §4.9.3.14: policy-violation, with the text saying which policy.
+    def rate_limited(self, hostname: str, retry_after: int) -> base.Conversation:
+        return StreamRefusal(RATE_LIMITED, hostname)
+
+    def banned(self, hostname: str, retry_after: int) -> base.Conversation:
+        return StreamRefusal(BANNED, hostname)
 
 
 REPLIES = XMPPReplies()

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from mailwarden.listener import config as lc
+from tests.support import mail_servers as servers
 from tests.support import wire
 from tests.support.listener import free_port, service, wait_until
 
@@ -95,9 +96,6 @@ def smtp_backend(request, smtp_sink):
     if request.param == "aiosmtpd":
         yield smtp_sink.port, smtp_sink.inbox.wait_for
         return
-    servers = pytest.importorskip(
-        "tests.support.servers", reason="the Postfix fixture (tests/support/servers.py)"
-    )
     servers.require(servers.POSTFIX)
     store = servers.make_mail_store()
     postfix = servers.make_postfix(store).start()

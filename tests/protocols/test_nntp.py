@@ -17,15 +17,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import nntplib
 
-from tests.listener.clients import connect, exchange, read_line, read_until_eof
 from tests.support.listener import free_port, service
-from tests.support.servers import (
+from tests.support.mail_servers import (
     NEWS_BODY,
     NEWS_GROUP,
     NEWS_MESSAGE_ID,
     NEWS_PASSWORD,
     NEWS_USER,
 )
+from tests.support.raw_tcp import connect, exchange, read_line, read_until_eof
 
 AUTH_REQUIRED = b"480 Authentication required\r\n"
 DENIED = b"502 Access denied: your address is not allowed to use this service\r\n"

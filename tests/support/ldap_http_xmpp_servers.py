@@ -1,5 +1,5 @@
 """Real Debian servers for the LDAP, HTTP and XMPP services, on loopback: slapd (OpenLDAP),
-nginx and Prosody; plus an aiosmtpd sink for SMTP-family tests that need no Postfix.
+nginx and Prosody, with their fixtures (registered in tests/conftest.py).
 
 Each runs in the foreground under its fixture from a private folder, with certificates made
 by the test CA, and is stopped by PID at teardown (this init does not reap orphans, so
@@ -10,12 +10,9 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
-import ssl
 import subprocess
 import textwrap
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -217,11 +214,6 @@ def make_prosody(ca: certs.CA) -> Daemon:
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def test_ca() -> certs.CA:
-    return certs.make_ca()
-
-
 def _serve(daemon: Daemon) -> Iterator[Daemon]:
     try:
         daemon.start()
@@ -250,56 +242,3 @@ def nginx(test_ca: certs.CA) -> Iterator[Daemon]:
 def prosody(test_ca: certs.CA) -> Iterator[Daemon]:
     require(PROSODY)
     yield from _serve(make_prosody(test_ca))
-
-
-# -- aiosmtpd: an SMTP backend that keeps what it receives ---------------------------------
-
-
-class Inbox:
-    """aiosmtpd handler: every accepted message, as (sender, recipients, content)."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 2.0.0 Ok: queued"
-
-    def wait_for(self, marker: bytes, timeout: float = 10) -> bytes:
-        deadline = time.monotonic() + timeout
-        while True:
-            for _, _, content in list(self.messages):
-                if marker in content:
-                    return content
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no message with {marker!r} reached the backend")
-            time.sleep(0.02)
-
-
-@dataclasses.dataclass
-class SMTPSink:
-    port: int
-    inbox: Inbox
-    controller: Any
-
-
-@pytest.fixture(scope="session")
-def smtp_sink(test_ca: certs.CA) -> Iterator[SMTPSink]:
-    """aiosmtpd with STARTTLS (the backend's own certificate), in a thread."""
-    from aiosmtpd.controller import Controller
-
-    root = private_dir("aiosmtpd")
-    cert, key = test_ca.issue(BACKEND_NAME, HOST).write(root)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(
-        inbox, hostname=HOST, port=port, tls_context=ctx, require_starttls=False, ready_timeout=10
-    )
-    controller.start()
-    try:
-        yield SMTPSink(port, inbox, controller)
-    finally:
-        controller.stop()
-        shutil.rmtree(root, ignore_errors=True)

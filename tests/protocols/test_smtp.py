@@ -9,7 +9,9 @@ import socket
 
 import pytest
 
-from tests.listener.clients import (
+from tests.support.listener import free_port, service, wait_until
+from tests.support.mail_servers import MAIL_DOMAIN, MAIL_PASSWORD, MAIL_USER
+from tests.support.raw_tcp import (
     closed_by_peer,
     connect,
     exchange,
@@ -17,8 +19,6 @@ from tests.listener.clients import (
     read_line,
     read_until_eof,
 )
-from tests.support.listener import free_port, service, wait_until
-from tests.support.servers import MAIL_DOMAIN, MAIL_PASSWORD, MAIL_USER
 
 HOST = "mx.test.example"
 DENIED = (

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from tests.listener.clients import connect, read_line, read_until_eof
 from tests.support.listener import free_port, service
-from tests.support.servers import MAIL_PASSWORD, MAIL_USER
+from tests.support.mail_servers import MAIL_PASSWORD, MAIL_USER
+from tests.support.raw_tcp import connect, read_line, read_until_eof
 
 ALLOWED = ("127.0.0.1/32", "127.0.0.10/32", "127.0.0.31/32", "127.0.0.32/32")
 

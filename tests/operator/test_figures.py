@@ -1,0 +1,140 @@
+"""The pure half of the live figures: reading a pod's /status answer, summing over the pods
+of a MailService, status.connections and the FiguresAvailable condition, which pods serve a
+MailService, and the settings that pace the polling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mailwarden.operator import figures, naming, settings
+
+
+def answer(name: str = "mail/smtp", active: int = 1, **refusals: int) -> dict[str, Any]:
+    return {
+        "observedAt": "2026-01-01T00:00:00Z",
+        "services": {
+            name: {
+                "active": active,
+                "refusals": {k: refusals.get(k, 0) for k in figures.REFUSALS},
+                "bannedAddresses": 0,
+            }
+        },
+    }
+
+
+def test_the_figures_of_a_service_are_summed_over_its_pods() -> None:
+    pods = [
+        figures.parse(answer(active=2, denied=1)),
+        figures.parse(answer(active=3, overCap=4, backendDown=1)),
+        figures.parse(answer("mail/other", active=7, denied=9)),
+    ]
+    assert figures.total("mail/smtp", pods) == {
+        "active": 5,
+        "refused": 6,
+        "denied": 1,
+        "overCap": 4,
+        "overAddressCap": 0,
+        "rateLimited": 0,
+        "banned": 0,
+        "backendDown": 1,
+        "bannedAddresses": 0,
+    }
+    assert figures.total("mail/none", pods)["active"] == 0
+
+
+def test_fields_a_listener_does_not_send_yet_count_as_zero() -> None:
+    parsed = figures.parse({"services": {"mail/smtp": {"active": 1, "refusals": {"denied": 2}}}})
+    assert parsed["mail/smtp"]["rateLimited"] == 0
+    assert parsed["mail/smtp"]["bannedAddresses"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        {"services": []},
+        {"services": {"mail/smtp": 3}},
+        {"services": {"mail/smtp": {"active": -1}}},
+        {"services": {"mail/smtp": {"active": True}}},
+        {"services": {"mail/smtp": {"active": 1.5}}},
+        {"services": {"mail/smtp": {"refusals": {"denied": "2"}}}},
+        {"services": {"mail/smtp": {"refusals": [1]}}},
+    ],
+)
+def test_an_answer_that_is_not_a_status_document_is_refused(bad: Any) -> None:
+    with pytest.raises(figures.BadAnswer):
+        figures.parse(bad)
+
+
+def test_observed_at_alone_is_no_change() -> None:
+    outcome = figures.Outcome(pods=1, figures={"active": 1}, unreachable={})
+    first = figures.connections(outcome, "2026-01-01T00:00:00Z")
+    later = figures.connections(outcome, "2026-01-01T00:00:15Z")
+    assert figures.same_figures(first, later)
+    moved = figures.connections(
+        figures.Outcome(pods=1, figures={"active": 2}, unreachable={}), "2026-01-01T00:00:15Z"
+    )
+    assert not figures.same_figures(first, moved)
+    assert not figures.same_figures(None, first)
+
+
+def test_the_condition_names_the_pods_that_did_not_answer() -> None:
+    assert figures.condition(figures.Outcome(0, {}, {})) == (
+        "True",
+        figures.NO_PODS,
+        "no listener pod is running: nothing to count",
+    )
+    assert figures.condition(figures.Outcome(3, {}, {}))[:2] == ("True", figures.PODS_ANSWERED)
+    status, reason, message = figures.condition(
+        figures.Outcome(3, {}, {"smtp-b": "connection refused", "smtp-a": "no answer within 2 s"})
+    )
+    assert (status, reason) == ("False", figures.PODS_UNREACHABLE)
+    assert message.startswith(
+        "2 of 3 listener pods did not answer: smtp-a (no answer within 2 s), "
+        "smtp-b (connection refused)"
+    )
+    many = {f"smtp-{i}": "connection refused" for i in range(8)}
+    _, _, message = figures.condition(figures.Outcome(8, {}, many))
+    assert "smtp-4 (connection refused) and 3 more" in message
+    assert "smtp-5" not in message
+
+
+def pod(labels: dict[str, str], ip: str = "10.0.0.5", phase: str = "Running") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "namespace": "mail", "labels": labels},
+        "status": {"phase": phase, "podIP": ip},
+    }
+
+
+def test_which_pods_serve_a_mailservice() -> None:
+    own = figures.pod_of(pod(naming.labels(naming.base("smtp"), "smtp")))
+    assert own is not None
+    assert figures.serves(own, "smtp", figures.listeners_of("mail", "smtp"))
+    assert not figures.serves(own, "imap", figures.listeners_of("mail", "imap"))
+    shared = figures.pod_of(pod({naming.LABEL_LISTENER: "mailwarden--192-0-2-25"}))
+    assert shared is not None
+    assert figures.serves(shared, "smtp", ("mailwarden--192-0-2-25",))
+    assert not figures.serves(shared, "smtp", figures.listeners_of("mail", "smtp"))
+    # Not asked: no address yet, or not running.
+    assert figures.pod_of(pod(naming.labels(naming.base("smtp"), "smtp"), ip="")) is None
+    assert figures.pod_of(pod(naming.labels(naming.base("smtp"), "smtp"), phase="Pending")) is None
+
+
+def test_polling_settings_are_read_and_bad_values_refused() -> None:
+    default = settings.Settings.from_env({})
+    assert (default.figures_seconds, default.figures_timeout) == (15.0, 2.0)
+    assert default.figures_concurrency == 32
+    off = settings.Settings.from_env({"MAILWARDEN_FIGURES_SECONDS": "0"})
+    assert off.figures_seconds == 0
+    for env, name in (
+        ({"MAILWARDEN_FIGURES_SECONDS": "soon"}, "MAILWARDEN_FIGURES_SECONDS"),
+        ({"MAILWARDEN_FIGURES_SECONDS": "0.2"}, "MAILWARDEN_FIGURES_SECONDS"),
+        ({"MAILWARDEN_FIGURES_TIMEOUT": "0"}, "MAILWARDEN_FIGURES_TIMEOUT"),
+        ({"MAILWARDEN_FIGURES_TIMEOUT": "60"}, "MAILWARDEN_FIGURES_TIMEOUT"),
+        ({"MAILWARDEN_FIGURES_CONCURRENCY": "0"}, "MAILWARDEN_FIGURES_CONCURRENCY"),
+        ({"MAILWARDEN_FIGURES_CONCURRENCY": "many"}, "MAILWARDEN_FIGURES_CONCURRENCY"),
+    ):
+        with pytest.raises(settings.SettingsError, match=name):
+            settings.Settings.from_env(env)

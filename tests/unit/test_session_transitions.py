@@ -1,0 +1,223 @@
+"""The session's race-prone transitions, each in the order that is hard to produce with real
+sockets: a scripted client and backend transport around the real session, service runtime,
+caps and metrics (tests/support/scripted.py). The end-to-end tests in tests/listener show the
+same behaviours with real sockets where the order can be forced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mailwarden.listener import proxyproto, session
+from tests.support.scripted import Script
+
+HELLO = b"EHLO client.example\r\nQUIT\r\n"
+GREETING = b"200 news.example ready (posting ok)\r\n"
+
+
+@pytest.fixture
+def scripts() -> Iterator[list[Script]]:
+    made: list[Script] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def script(scripts: list[Script], *args: object, **kwargs: object) -> Script:
+    s = Script(*args, **kwargs)  # type: ignore[arg-type]
+    scripts.append(s)
+    return s
+
+
+# -- EOF before the session can take the client's bytes ---------------------------------
+
+
+def test_eof_while_connecting_delivers_the_bytes_then_the_eof(scripts):
+    s = script(scripts).connect().send(HELLO).client_eof()
+    assert s.session.state is session.State.CONNECTING
+    assert not s.client.closing  # the session waits for the backend
+    s.backend_connects()
+    assert s.to_backend == HELLO
+    assert s.backend is not None and s.backend.eof_written
+    assert s.session.state is session.State.RELAY
+    assert s.outcome("accepted") == 1
+
+
+def test_eof_while_connecting_then_the_backend_fails_refuses_in_the_protocols_words(scripts):
+    s = script(scripts).connect().send(HELLO).client_eof().backend_fails()
+    assert s.to_client.startswith(b"421 ")
+    assert s.outcome("backend_error") == 1
+    assert s.active == 0
+
+
+def test_eof_at_the_nntp_gate_waits_for_the_answer_to_the_command_in_flight(scripts):
+    s = script(scripts, "NNTP").connect().backend_connects().backend_says(GREETING)
+    assert s.session.state is session.State.GATED
+    s.send(b"CAPABILITIES\r\n").client_eof()
+    assert s.to_backend == b"CAPABILITIES\r\n"
+    assert s.backend is not None and not s.backend.eof_written  # the answer is still due
+    s.backend_says(b"101 Capability list:\r\nVERSION 2\r\nREADER\r\n.\r\n")
+    assert s.backend.eof_written
+    assert s.to_client.endswith(b"READER\r\n.\r\n")
+
+
+def test_eof_at_the_nntp_gate_before_the_greeting_holds_the_commands_and_the_eof(scripts):
+    s = script(scripts, "NNTP").connect().backend_connects()
+    s.send(b"MODE READER\r\nGROUP alt.test\r\n").client_eof()
+    assert s.to_backend == b""  # the greeting is the first answer the gate waits for
+    assert s.backend is not None and not s.backend.eof_written
+    s.backend_says(GREETING)
+    assert s.to_backend == b"MODE READER\r\n"
+    s.backend_says(b"200 reader mode\r\n")
+    assert s.to_client.endswith(b"480 Authentication required\r\n")
+    assert s.backend.eof_written
+
+
+# -- the client leaves while the backend connection is being made ------------------------
+
+
+def test_a_client_gone_during_the_backend_connect_releases_its_slot_and_the_backend_leg(scripts):
+    s = script(scripts, max_connections=1).connect().send(b"EHLO x\r\n")
+    assert s.active == 1
+    s.client_resets()
+    assert s.active == 0
+    assert s.rt.limiter.active == 0
+    assert not s.rt.sessions
+    s.backend_connects()  # the connection the session asked for arrives late
+    assert s.backend is not None and s.backend.closing
+    assert s.to_backend == b""
+    assert s.outcome("accepted") == 0
+
+
+def test_a_client_gone_during_a_failing_backend_connect_is_counted_once(scripts):
+    s = script(scripts).connect().client_resets().backend_fails()
+    assert s.outcome("backend_error") == 0  # nobody was there to refuse
+    assert s.active == 0
+
+
+# -- PROXY bytes split across TCP segments ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        [b"PRO", b"XY TCP4 10.0.0.1 10.0.0.2 1 2\r\nEHLO x\r\n"],
+        [b"P", b"R", b"O", b"X", b"Y", b" TCP4 10.0.0.1 10.0.0.2 1 2\r\n"],
+        [proxyproto.V2_SIGNATURE[:6], proxyproto.build_v2(("10.0.0.1", 1), ("10.0.0.2", 2))[6:]],
+    ],
+    ids=["v1-3+rest", "v1-bytewise", "v2-6+rest"],
+)
+def test_a_forged_header_split_across_segments_is_refused_and_never_relayed(scripts, segments):
+    s = script(scripts).connect().backend_connects()
+    for segment in segments:
+        if s.client.closing:
+            break
+        s.send(segment)
+    assert s.to_backend == b""
+    assert s.client.closing
+    assert s.outcome("proxy_error") == 1
+
+
+def test_bytes_that_only_start_like_a_signature_are_relayed_whole(scripts):
+    s = script(scripts).connect().backend_connects()
+    s.send(b"P")
+    assert s.to_backend == b""  # a prefix of "PROXY ": the next bytes decide
+    s.send(b"OST / HTTP/1.0\r\n")
+    assert s.to_backend == b"POST / HTTP/1.0\r\n"
+    assert s.outcome("proxy_error") == 0
+
+
+def test_a_signature_prefix_cut_by_the_clients_eof_is_relayed_with_the_eof(scripts):
+    s = script(scripts).connect().backend_connects().send(b"\r\n").client_eof()
+    assert s.to_backend == b"\r\n"
+    assert s.backend is not None and s.backend.eof_written
+
+
+def test_a_trusted_header_split_across_segments_names_the_client(scripts):
+    s = script(scripts, proxy_protocol_from=("127.0.0.0/8",)).connect()
+    assert s.session.state is session.State.PROXY
+    header = proxyproto.build_v1(("192.0.2.7", 4711), ("198.51.100.1", 25))
+    s.send(header[:9]).send(header[9:] + b"EHLO x\r\n")
+    assert s.session.client == ("192.0.2.7", 4711)
+    s.backend_connects()
+    assert s.to_backend == b"EHLO x\r\n"
+
+
+def test_a_second_header_behind_the_balancers_is_refused_not_relayed(scripts):
+    s = script(scripts, proxy_protocol_from=("127.0.0.0/8",)).connect()
+    first = proxyproto.build_v1(("192.0.2.7", 4711), ("198.51.100.1", 25))
+    second = proxyproto.build_v1(("203.0.113.9", 1), ("198.51.100.1", 25))
+    s.send(first + second)
+    assert s.client.closing
+    assert s.loop.connects == []  # no backend connection was asked for
+    assert s.outcome("proxy_error") == 1
+
+
+def test_a_denied_client_that_sends_a_proxy_header_is_counted_once(scripts):
+    s = script(scripts, allow=()).connect()
+    assert s.to_client.startswith(b"554 ")
+    s.send(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n")
+    assert s.outcome("denied") == 1
+    assert s.outcome("proxy_error") == 0
+
+
+# -- the hook points other policies plug into --------------------------------------------
+
+
+def test_an_admission_step_refuses_before_the_caps_are_taken(scripts):
+    s = script(scripts, max_connections=1)
+    asked: list[str] = []
+
+    def admission(address: str) -> session.Refusal | None:
+        asked.append(address)
+        return session.Refusal("over_cap", s.rt.over_capacity())
+
+    s.rt.admission = admission
+    s.connect()
+    assert asked == ["127.0.0.1"]
+    assert s.to_client.startswith(b"421 ")
+    assert s.rt.limiter.active == 0
+    assert s.loop.connects == []
+
+
+class Recorder:
+    def __init__(self, lines: int) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self.lines = lines
+
+    def client(self, data: bytes) -> bool:
+        self.seen.append(("client", data))
+        return len(self.seen) < self.lines
+
+    def backend(self, data: bytes) -> bool:
+        self.seen.append(("backend", data))
+        return len(self.seen) < self.lines
+
+
+def test_an_observer_sees_the_first_bytes_unchanged_then_the_session_is_relayed(scripts):
+    s = script(scripts)
+    recorder = Recorder(lines=3)
+    s.rt.observe = lambda address: recorder
+    s.connect().backend_connects().backend_says(b"220 mx ready\r\n")
+    assert s.session.state is session.State.GATED
+    s.send(b"EHLO x\r\n").backend_says(b"250 mx\r\n")
+    assert s.session.state is session.State.RELAY
+    s.send(b"QUIT\r\n")
+    assert recorder.seen == [
+        ("backend", b"220 mx ready\r\n"),
+        ("client", b"EHLO x\r\n"),
+        ("backend", b"250 mx\r\n"),
+    ]
+    assert s.to_client == b"220 mx ready\r\n250 mx\r\n"
+    assert s.to_backend == b"EHLO x\r\nQUIT\r\n"
+
+
+def test_an_observer_beside_the_nntp_gate_keeps_the_gate_in_force(scripts):
+    s = script(scripts, "NNTP")
+    recorder = Recorder(lines=1)
+    s.rt.observe = lambda address: recorder
+    s.connect().backend_connects().backend_says(GREETING).send(b"GROUP alt.test\r\n")
+    assert s.to_client == GREETING + b"480 Authentication required\r\n"
+    assert s.to_backend == b""
+    assert s.session.state is session.State.GATED
