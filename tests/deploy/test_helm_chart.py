@@ -41,7 +41,7 @@ NAMESPACED_RULES = [
         ["get", "list", "watch", "create", "patch", "delete"],
     ),
     (["policy"], ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"]),
-    ([""], ["pods"], ["list", "patch"]),
+    ([""], ["pods"], ["list", "watch", "patch"]),
     ([""], ["events"], ["create"]),
 ]
 CRD_RULE = (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailwarden.listener import config as lc
@@ -98,7 +99,12 @@ class ListenerProcess:
         """`mailwarden listener --config FILE` for this configuration (its metrics port is
         the configuration's)."""
         path = workdir / "listener.yaml"
-        path.write_text(lc.dumps(cfg))
+        if os.environ.get("MAILWARDEN_ATTACK_SOURCE"):
+            # Another checkout may not know fields added since: say only what differs from
+            # the defaults.
+            path.write_text(yaml.safe_dump(_without_defaults(lc.to_data(cfg)), sort_keys=False))
+        else:
+            path.write_text(lc.dumps(cfg))
         argv = [sys.executable, "-m", "mailwarden.cli", "listener", "--config", str(path)]
         return cls(argv, cfg.metrics.port, workdir, nofile=nofile)
 
@@ -131,6 +137,13 @@ class ListenerProcess:
 
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # MAILWARDEN_ATTACK_SOURCE=<another checkout>: attack that checkout's listener (the
+        # starting code, say) with this suite, to see each case fail before a fix.
+        other = os.environ.get("MAILWARDEN_ATTACK_SOURCE")
+        if other:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(pathlib.Path(other) / "listener"), str(pathlib.Path(other) / "operator")]
+            )
         self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=log, preexec_fn=limits, env=env, cwd=self.workdir
         )
@@ -219,6 +232,35 @@ class ListenerProcess:
     def healthz_latency(self, timeout: float = 10.0) -> float:
         """Seconds /healthz took to answer 200."""
         return healthz_latency(self.metrics_port, timeout)
+
+
+def _without_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    top = lc.to_data(lc.build(lc.ListenerConfig, {"services": []}))
+    svc = lc.to_data(
+        lc.build(
+            lc.ListenerConfig,
+            {
+                "services": [
+                    {
+                        "name": "x/y",
+                        "service": "SMTP",
+                        "listen": [{"port": 1}],
+                        "backend": {"host": "h", "port": 1},
+                    }
+                ]
+            },
+        )
+    )["services"][0]
+    out = {k: v for k, v in data.items() if k == "services" or top.get(k) != v}
+    out["services"] = [
+        {
+            k: v
+            for k, v in s.items()
+            if k in ("name", "service", "listen", "backend") or svc.get(k) != v
+        }
+        for s in data["services"]
+    ]
+    return out
 
 
 def _status_kib(pid: int, field: str) -> int:

@@ -269,7 +269,8 @@ def dumps(config: ListenerConfig) -> str:
 
 
 def _decode(type_: type, obj: Any) -> Any:
-    if type_ is pathlib.Path and isinstance(obj, str):
+    # Paths come as text from a file, or as Path objects from code that builds a configuration.
+    if type_ is pathlib.Path and isinstance(obj, str | pathlib.PurePath):
         return pathlib.Path(obj)
     raise NotImplementedError
 

@@ -9,7 +9,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -31,6 +31,7 @@ from mailwarden.operator import (
     naming,
     probe,
 )
+from mailwarden.operator import pods as pods_mod
 from mailwarden.operator import settings as settings_mod
 from mailwarden.operator import status as status_mod
 
@@ -50,6 +51,16 @@ class World:
 
     services: Mapping[Key, Mapping[str, Any]]
     groups: Mapping[Key, Mapping[str, Any]]
+    # Listener pods, as summaries (pods.summary), by (namespace, what serves_key gives).
+    pods: Mapping[Key, Sequence[Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def pods_of(self, namespace: str, listener_names: Iterable[str]) -> list[Mapping[str, Any]]:
+        """The pods of these listeners (a MailService's, listeners.deployments)."""
+        return [
+            pod
+            for name in listener_names
+            for pod in self.pods.get(pods_mod.serving_key(namespace, name), ())
+        ]
 
     def group_specs(self, namespace: str) -> dict[str, models.IPAddressGroupSpec]:
         out = {}
@@ -115,6 +126,16 @@ class World:
         me = conflicts.claimant(msvc, created(body or {}))
         lost = conflicts.lost(me, self.claimants(defaults)) if me.claims else {}
         return listeners.deployments(msvc, lost)
+
+    def served_by(
+        self, namespace: str, listener: str, defaults: settings_mod.ListenerDefaults
+    ) -> list[Mapping[str, Any]]:
+        """The MailServices of `namespace` that the listener `listener` serves."""
+        return [
+            body
+            for key, body in self.services.items()
+            if key[0] == namespace and listener in self.listener_deployments(key, defaults)
+        ]
 
     def users_of(self, namespace: str, group: str) -> list[Mapping[str, Any]]:
         """MailServices of `namespace` whose access depends on `group`, directly or nested."""
@@ -449,6 +470,9 @@ async def _apply_children(
     live_deployments: dict[str, Mapping[str, Any]] = {}
     live_services: dict[str, Mapping[str, Any]] = {}
     foreign: list[str] = []
+    # The first child the API server refused for good, and the first error worth retrying:
+    # the other children are still applied and the status is written either way.
+    errors = _Errors()
     async with contextlib.AsyncExitStack() as stack:
         for name in touched:  # sorted: two reconciliations never wait for each other in a ring
             await stack.enter_async_context(ctx.locks(("listener", namespace, name)))
@@ -459,7 +483,7 @@ async def _apply_children(
                     changed = await _remove_listener(ctx, body, namespace, name)
                 else:
                     changed = await _apply_listener(
-                        ctx, body, lst, owner_alive, seen, live_deployments, live_services
+                        ctx, body, lst, owner_alive, seen, live_deployments, live_services, errors
                     )
             except apply.OwnerGone:
                 logger.info("%s/%s is gone; not recreating its children", *_key(body))
@@ -489,11 +513,25 @@ async def _apply_children(
         live_services,
         backend_error=backend_error,
         foreign=tuple(foreign),
+        apply_failure=errors.failure,
+        pods=world.pods_of(namespace, (lst.name for lst in mine)),
     )
     new = status_mod.mailservice(msvc, built_me, facts, old_status, timestamp=stamp)
     await ctx.write_status("MailService", path, _key(body), old_status, new)
     await _announce(ctx, body, built_me, old_status, new, new_generation)
+    if errors.retry is not None:
+        raise errors.retry  # 409, 429, 5xx, no answer: the caller retries with backoff
+    if errors.failure is not None and errors.failure.quota:
+        # Retried with backoff until quota frees up; other refusals wait for an edit (of the
+        # MailService, the policy or the RBAC) or the periodic resync: no hot loop.
+        raise kube.ApiError(errors.failure.code, "Forbidden", errors.failure.message)
     return affected
+
+
+@dataclasses.dataclass
+class _Errors:
+    failure: status_mod.ApplyFailure | None = None
+    retry: kube.ApiError | None = None
 
 
 async def _apply_listener(
@@ -504,8 +542,10 @@ async def _apply_listener(
     seen: dict[tuple[str, str, str], str],
     live_deployments: dict[str, Mapping[str, Any]],
     live_services: dict[str, Mapping[str, Any]],
+    errors: _Errors,
 ) -> bool:
-    """Make one listener's children match; True when any changed."""
+    """Make one listener's children match; True when any changed. A child the API server
+    refuses is recorded in `errors` and the others are still applied."""
     namespace = lst.listener.namespace
     changed = False
     had_budget = False
@@ -514,6 +554,16 @@ async def _apply_listener(
             action, live = await apply.ensure(ctx.api, child, owner_alive, guard=_ours)
         except apply.NotOurs as exc:
             raise Foreign(str(exc)) from None
+        except kube.ApiError as exc:
+            name = child["metadata"]["name"]
+            if exc.retriable:
+                errors.retry = errors.retry or exc
+            elif errors.failure is None:
+                errors.failure = status_mod.ApplyFailure(
+                    child["kind"], name, exc.status, exc.message
+                )
+            logger.warning("%s/%s: %s %s: %s", *_key(body), child["kind"], name, exc)
+            continue
         version = (live.get("metadata") or {}).get("resourceVersion")
         if version is not None:
             # At once, not at the end: the echo of a write usually arrives before the end.
@@ -592,6 +642,14 @@ async def _remove_listener(
     return changed
 
 
+# Ready=False reasons worth a Warning event: all but the normal way to readiness and a stop.
+WARN_REASONS = frozenset(conditions.READY_FALSE) - {
+    conditions.Reason.STARTING,
+    conditions.Reason.STOPPED,
+    conditions.Reason.ADDRESS_PENDING,
+}
+
+
 async def _announce(
     ctx: Context,
     body: Mapping[str, Any],
@@ -608,8 +666,8 @@ async def _announce(
         )
     old_ready = conditions.get(old.get("conditions") or [], "Ready") or {}
     ready = conditions.get(new["conditions"], "Ready") or {}
-    stalled = conditions.get(new["conditions"], "Stalled") or {}
-    if stalled.get("status") == "True" and old_ready.get("reason") != ready.get("reason"):
+    # One Warning per transition into a failure (not per reconciliation): a new Ready reason.
+    if ready.get("reason") in WARN_REASONS and old_ready.get("reason") != ready.get("reason"):
         await events.post(ctx.api, body, "Warning", str(ready["reason"]), str(ready["message"]))
     unreachable = conditions.Reason.BACKEND_UNREACHABLE
     if old_ready.get("reason") == unreachable and ready.get("reason") != unreachable:
@@ -720,10 +778,34 @@ async def write_figures(
         return True
 
 
-def world_of(services: Mapping[Key, Any], groups_: Mapping[Key, Any]) -> World:
+def world_of(
+    services: Mapping[Key, Any],
+    groups_: Mapping[Key, Any],
+    pods: Mapping[Key, Any] | None = None,
+) -> World:
     """A World reading kopf's indices (key -> store of bodies) live: a reconciliation that
     waited for its lock sees what is known when it runs, not when it was asked for."""
-    return World(services=_IndexView(services), groups=_IndexView(groups_))
+    return World(
+        services=_IndexView(services),
+        groups=_IndexView(groups_),
+        pods=_ListView(pods) if pods is not None else {},
+    )
+
+
+class _ListView(Mapping[Key, Sequence[Mapping[str, Any]]]):
+    """Every value of an index key (kopf keeps one per object), as a list."""
+
+    def __init__(self, index: Mapping[Key, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: Key) -> Sequence[Mapping[str, Any]]:
+        return list(self._index[key])
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._index))
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 class _IndexView(Mapping[Key, Mapping[str, Any]]):

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from mailwarden.operator import children, conflicts, groups, models, naming
+from mailwarden.operator import children, conditions, conflicts, groups, models, naming
 from mailwarden.operator.conditions import (
     READY,
     RECONCILING,
@@ -46,6 +46,26 @@ class Facts:
     pending: tuple[str, ...] = ()
     # Children whose names are taken by objects someone else controls.
     foreign: tuple[str, ...] = ()
+    # A child the API server refused (4xx other than 409/429), with its message.
+    apply_failure: ApplyFailure | None = None
+    # Failures the Deployment controller reports (ProgressDeadlineExceeded, ReplicaFailure)
+    # and what listener pods wait on (CrashLoopBackOff, ImagePullBackOff): reason -> message.
+    deployment_failures: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pod_failures: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyFailure:
+    kind: str
+    name: str
+    code: int
+    message: str
+
+    @property
+    def quota(self) -> bool:
+        # A ResourceQuota refusal (403 "exceeded quota") clears when quota frees up; the
+        # others need an edit of the spec, the policy or the RBAC.
+        return self.code == 403 and "exceeded quota" in self.message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +89,7 @@ def group_not_found(f: Facts) -> Verdict | None:
         Reason.GROUP_NOT_FOUND,
         f"IPAddressGroup {names} not found in this namespace; refusing every client until it "
         "exists",
-        stalled=True,
+        reconciling=True,
     )
 
 
@@ -90,7 +110,7 @@ def listen_conflict(f: Facts) -> Verdict | None:
     return Verdict(
         Reason.LISTEN_CONFLICT,
         f"not taking {conflicts.describe(dict(f.lost))}",
-        stalled=True,
+        reconciling=True,
     )
 
 
@@ -102,6 +122,35 @@ def owned_elsewhere(f: Facts) -> Verdict | None:
         "not changing objects another owner controls: " + "; ".join(f.foreign),
         stalled=True,
     )
+
+
+def apply_failed(f: Facts) -> Verdict | None:
+    a = f.apply_failure
+    if a is None:
+        return None
+    return Verdict(
+        Reason.APPLY_FAILED,
+        f"the API server refused {a.kind} {a.name} ({a.code}): {a.message}",
+        stalled=not a.quota,
+        reconciling=a.quota,
+    )
+
+
+def deployment_failed(f: Facts) -> Verdict | None:
+    for reason in (Reason.PROGRESS_DEADLINE_EXCEEDED, Reason.REPLICA_FAILURE):
+        if reason in f.deployment_failures:
+            stalled = conditions.READY_FALSE[reason].stalled
+            return Verdict(
+                reason, f.deployment_failures[reason], stalled=stalled, reconciling=not stalled
+            )
+    return None
+
+
+def pods_failing(f: Facts) -> Verdict | None:
+    for reason in (Reason.IMAGE_PULL_BACK_OFF, Reason.CRASH_LOOP_BACK_OFF):
+        if reason in f.pod_failures:
+            return Verdict(reason, f.pod_failures[reason], reconciling=True)
+    return None
 
 
 def stopped(f: Facts) -> Verdict | None:
@@ -117,7 +166,7 @@ def backend_unreachable(f: Facts) -> Verdict | None:
         Reason.BACKEND_UNREACHABLE,
         f"backend {f.backend} unreachable: {f.backend_error}; sessions cannot be relayed until "
         "it answers",
-        stalled=True,
+        reconciling=True,
     )
 
 
@@ -151,7 +200,10 @@ CHECKS: tuple[Check, ...] = (
     group_cycle,
     listen_conflict,
     owned_elsewhere,
+    apply_failed,
     stopped,
+    deployment_failed,
+    pods_failing,
     backend_unreachable,
     starting,
     address_pending,
@@ -183,6 +235,8 @@ def facts(
     *,
     backend_error: str | None = None,
     foreign: tuple[str, ...] = (),
+    apply_failure: ApplyFailure | None = None,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> Facts:
     """deployments and services: the live objects of the MailService's listeners, by
     listener name (a single Deployment is taken as the first listener's)."""
@@ -222,6 +276,9 @@ def facts(
         assigned=assigned,
         pending=pending,
         foreign=foreign,
+        apply_failure=apply_failure,
+        deployment_failures=deployment_failures(*deployments.values()),
+        pod_failures=pod_failures(pods),
     )
 
 
@@ -284,6 +341,61 @@ def address_of(f: Facts) -> str:
     return ",".join(hosts)
 
 
+def deployment_failures(*deployments: Mapping[str, Any] | None) -> dict[str, str]:
+    """The Deployment controller's failure conditions
+    (https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#failed-deployment):
+    Progressing=False with reason ProgressDeadlineExceeded, and ReplicaFailure=True; of any of
+    the MailService's listener Deployments."""
+    out = {}
+    conds = [
+        cond
+        for deployment in deployments
+        for cond in ((deployment or {}).get("status") or {}).get("conditions") or []
+    ]
+    for cond in conds:
+        kind, status, reason = cond.get("type"), cond.get("status"), cond.get("reason")
+        message = str(cond.get("message") or reason or kind)
+        if kind == "Progressing" and status == "False" and reason == "ProgressDeadlineExceeded":
+            out[Reason.PROGRESS_DEADLINE_EXCEEDED] = message
+        elif kind == "ReplicaFailure" and status == "True":
+            out[Reason.REPLICA_FAILURE] = f"{reason}: {message}" if reason else message
+    return out
+
+
+# What a container waits on (pod status containerStatuses[].state.waiting.reason) and the
+# reason the MailService reports for it. ErrImagePull comes before the first back-off.
+WAITING = {
+    "CrashLoopBackOff": Reason.CRASH_LOOP_BACK_OFF,
+    "ImagePullBackOff": Reason.IMAGE_PULL_BACK_OFF,
+    "ErrImagePull": Reason.IMAGE_PULL_BACK_OFF,
+    "InvalidImageName": Reason.IMAGE_PULL_BACK_OFF,
+}
+
+
+def pod_failures(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """reason -> a message naming the first pod and container waiting on it."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for c in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            waiting = (c.get("state") or {}).get("waiting") or {}
+            reason = WAITING.get(str(waiting.get("reason")))
+            if reason is None or reason in out:
+                continue
+            detail = str(waiting.get("message") or waiting.get("reason"))
+            out[reason] = (
+                f"pod {meta.get('name')} container {c.get('name')}: {waiting.get('reason')}: "
+                f"{detail}"
+            )[:1024]
+    return out
+
+
 def mailservice(
     msvc: models.MailService,
     built: children.Children,
@@ -314,7 +426,8 @@ def mailservice(
         conds,
         RECONCILING,
         "True" if reconciling else "False",
-        Reason.PROGRESSING if reconciling else Reason.RECONCILED,
+        # kstatus: the Reconciling reason says what it waits for.
+        v.reason if (v is not None and reconciling) else Reason.RECONCILED,
         v.message if (v is not None and reconciling) else "the children match the spec",
         gen,
         timestamp=timestamp,
@@ -430,20 +543,30 @@ def ip_address_group(
     else:
         reason, message = Reason.RESOLVED, f"{len(resolution.cidrs)} networks"
     ok = reason == Reason.RESOLVED
+    # A missing nested group can appear by itself (applied together with this one); a cycle
+    # needs an edit.
+    stalled = reason == Reason.GROUP_CYCLE
+    waiting = reason == Reason.GROUP_NOT_FOUND
     conds = set_condition(
         conds, READY, "True" if ok else "False", reason, message, generation, timestamp=timestamp
     )
     conds = set_condition(
         conds,
         STALLED,
-        "False" if ok else "True",
-        Reason.RESOLVED if ok else reason,
+        "True" if stalled else "False",
+        reason if stalled else Reason.RESOLVED,
         message,
         generation,
         timestamp=timestamp,
     )
     conds = set_condition(
-        conds, RECONCILING, "False", Reason.RESOLVED, "resolved", generation, timestamp=timestamp
+        conds,
+        RECONCILING,
+        "True" if waiting else "False",
+        reason if waiting else Reason.RESOLVED,
+        message if waiting else "resolved",
+        generation,
+        timestamp=timestamp,
     )
     return {
         "observedGeneration": generation,

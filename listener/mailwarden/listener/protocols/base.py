@@ -194,41 +194,74 @@ class Observed:
         return out
 
 
+class Line(enum.Enum):
+    """What `LineBuffer.pop` says besides a line."""
+
+    TOO_LONG = "too long"
+
+
 class LineBuffer:
     """Splits a byte stream into lines with a length limit. An over-long line is consumed
-    up to its end and reported once as None, so the caller answers it with its protocol's
-    error instead of buffering without bound."""
+    up to its end and reported once as `Line.TOO_LONG` (None from `feed`), so the caller
+    answers it with its protocol's error instead of buffering without bound.
 
-    __slots__ = ("_buf", "_discarding", "limit")
+    Lines are taken one at a time (`pop`) from the bytes received, so a caller that cannot
+    take a line yet (a command waits for its answer) leaves the rest as received bytes, not
+    as a list of lines. Every byte is looked at a bounded number of times: splitting n bytes
+    costs O(n), however they are cut into segments."""
+
+    __slots__ = ("_buf", "_discarding", "_scanned", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._buf = bytearray()
         self._discarding = False
+        # Bytes at the start of _buf already known to hold no line end.
+        self._scanned = 0
 
-    def feed(self, data: bytes) -> list[bytes | None]:
+    def push(self, data: bytes) -> None:
         self._buf += data
-        lines: list[bytes | None] = []
+
+    def pop(self) -> bytes | Line | None:
+        """The next complete line (with its line end), TOO_LONG, or None until one is
+        complete."""
+        buf = self._buf
         while True:
-            end = self._buf.find(b"\n")
+            end = buf.find(b"\n", self._scanned)
             if end < 0:
-                if len(self._buf) > self.limit:
+                if len(buf) > self.limit:
+                    buf.clear()
+                    self._scanned = 0
                     if not self._discarding:
-                        lines.append(None)
-                    self._discarding = True
-                    self._buf.clear()
-                return lines
-            line = bytes(self._buf[: end + 1])
-            del self._buf[: end + 1]
+                        self._discarding = True
+                        return Line.TOO_LONG
+                else:
+                    self._scanned = len(buf)
+                return None
+            self._scanned = 0
             if self._discarding:
+                # The end of a line already reported as too long.
+                del buf[: end + 1]
                 self._discarding = False
                 continue
-            if len(line) > self.limit:
-                lines.append(None)
-            else:
-                lines.append(line)
+            if end + 1 > self.limit:
+                del buf[: end + 1]
+                return Line.TOO_LONG
+            line = bytes(buf[: end + 1])
+            # Deleting from the front of a bytearray moves its start, not its bytes.
+            del buf[: end + 1]
+            return line
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        """Every complete line of what has come so far (None for an over-long one)."""
+        self.push(data)
+        lines: list[bytes | None] = []
+        while (line := self.pop()) is not None:
+            lines.append(None if line is Line.TOO_LONG else line)
+        return lines
 
     def take_rest(self) -> bytes:
         rest = bytes(self._buf)
         self._buf.clear()
+        self._scanned = 0
         return rest

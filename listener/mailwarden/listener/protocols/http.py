@@ -40,9 +40,13 @@ def response(
 
 
 class Refusal:
-    """Read the request head, answer it with one status, close."""
+    """Read the request head, answer it with one status, close.
 
-    __slots__ = ("_buf", "_headers", "_reason", "_status", "_text")
+    Incremental: the request line is checked once, when its end arrives, and the blank line
+    that ends the head is looked for only in bytes not searched before; nothing past
+    HEAD_LIMIT is kept. A head trickled one byte at a time costs what one segment costs."""
+
+    __slots__ = ("_buf", "_headers", "_line_end", "_reason", "_searched", "_status", "_text")
 
     def __init__(
         self, status: int, reason: str, text: str, headers: tuple[tuple[str, str], ...] = ()
@@ -52,28 +56,39 @@ class Refusal:
         self._text = text
         self._headers = headers
         self._buf = bytearray()
+        # End of the request line once it has come and been checked, else -1.
+        self._line_end = -1
+        # Bytes already searched for the end of the head.
+        self._searched = 0
 
     def opening(self) -> base.Reply:
         return base.Reply()
 
     def feed(self, data: bytes) -> base.Reply:
-        self._buf += data
+        self._buf += data[: HEAD_LIMIT + 1 - len(self._buf)]
         buf = self._buf
-        line_end = buf.find(b"\n")
-        if line_end < 0:
-            if buf and not _TOKEN_START.match(buf):
+        if self._line_end < 0:
+            line_end = buf.find(b"\n")
+            if line_end < 0:
+                if buf and not _TOKEN_START.match(buf):
+                    return self._bad_request()
+                if len(buf) > HEAD_LIMIT:
+                    return self._too_large()
+                return base.Reply()
+            if not _REQUEST_LINE.match(bytes(buf[: line_end + 1])):
                 return self._bad_request()
+            self._line_end = line_end
+            self._searched = max(0, line_end - 1) + 3
+        # The head ends with an empty line: CRLF CRLF, or bare LFs (RFC 9112 §2.2 lets a
+        # recipient accept a lone LF as a line terminator). Search from just before the
+        # bytes not yet searched, so a terminator cut across segments is found.
+        start = max(0, self._line_end - 1, self._searched - 3)
+        if buf.find(b"\r\n\r\n", start) < 0 and buf.find(b"\n\n", start) < 0:
+            self._searched = len(buf)
             if len(buf) > HEAD_LIMIT:
                 return self._too_large()
             return base.Reply()
-        request_line = bytes(buf[: line_end + 1])
-        if not _REQUEST_LINE.match(request_line):
-            return self._bad_request()
-        if buf.find(b"\r\n\r\n") < 0 and buf.find(b"\n\n") < 0:
-            if len(buf) > HEAD_LIMIT:
-                return self._too_large()
-            return base.Reply()
-        head = request_line.startswith(b"HEAD ")
+        head = buf.startswith(b"HEAD ")
         return base.Reply(
             response(self._status, self._reason, self._text, headers=self._headers, head=head),
             close=True,

@@ -78,7 +78,6 @@ class ReaderGate:
         "_client",
         "_held",
         "_in_flight",
-        "_pending",
         "_response",
         "_server",
         "offer_starttls",
@@ -93,7 +92,6 @@ class ReaderGate:
         self._in_flight: bytes | None = b"(greeting)"
         self._response: bytes | None = None  # status code of a multi-line body being read
         self._body_start = False
-        self._pending: list[bytes | None] = []
         self.opened = False
         self.offer_starttls = starttls and not tls_active
         self.tls_active = tls_active
@@ -102,13 +100,16 @@ class ReaderGate:
 
     @property
     def idle(self) -> bool:
-        """No command of the reader waits for its answer or for its turn."""
-        return self._in_flight is None and not self._pending
+        """No command of the reader waits for its answer or for its turn. (Whenever no
+        command is in flight the gate has taken every complete line it holds.)"""
+        return self._in_flight is None
 
     def from_client(self, data: bytes) -> Output:
         if self.opened:
             return Output(to_backend=data, open=True)
-        self._pending.extend(self._client.feed(data))
+        # Commands wait as the bytes they came in, taken one line at a time when their turn
+        # comes: holding them as a list of lines cost a Python object per line.
+        self._client.push(data)
         return self._advance(Output())
 
     def from_backend(self, data: bytes) -> Output:
@@ -185,34 +186,37 @@ class ReaderGate:
                 out.auth = AuthResult.FAILURE
 
     def _advance(self, out: Output) -> Output:
-        while self._in_flight is None and self._pending and not self.opened:
-            line = self._pending.pop(0)
+        # Replies are gathered in one buffer: thousands of refused commands in one segment
+        # must cost time in proportion to their number, not its square.
+        replies = bytearray(out.to_client)
+        while self._in_flight is None and not self.opened:
+            line = self._client.pop()
             if line is None:
-                out.to_client += LINE_TOO_LONG
+                break
+            if line is base.Line.TOO_LONG:
+                replies += LINE_TOO_LONG
                 continue
             words = line.split(None, 1)
             verb = words[0].upper() if words else b""
             if verb == b"STARTTLS":
                 if self.offer_starttls:
-                    out.to_client += STARTTLS_GO
+                    replies += STARTTLS_GO
                     out.start_tls = True
                     # RFC 4642 §2.2.2: nothing may be pipelined behind STARTTLS; whatever
                     # was is dropped rather than read as if it came over TLS.
-                    self._pending.clear()
                     self._client.take_rest()
-                    return out
-                out.to_client += STARTTLS_ALREADY if self.tls_active else STARTTLS_UNAVAILABLE
+                    break
+                replies += STARTTLS_ALREADY if self.tls_active else STARTTLS_UNAVAILABLE
             elif verb in BEFORE_AUTH:
                 out.to_backend += line
                 self._in_flight = verb
             elif verb:
-                out.to_client += AUTH_REQUIRED
+                replies += AUTH_REQUIRED
+        out.to_client = bytes(replies)
         return out
 
     def _flush_client(self) -> bytes:
-        rest = b"".join(line for line in self._pending if line is not None)
-        self._pending.clear()
-        return rest + self._client.take_rest()
+        return self._client.take_rest()
 
 
 def _capabilities(response: bytes, offer_starttls: bool) -> bytes:

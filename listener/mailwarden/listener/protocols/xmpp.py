@@ -80,23 +80,42 @@ def stream_error(condition: str, text: str, *, to: dict[str, str], hostname: str
 
 
 class StreamRefusal:
-    """Wait for the client's stream header, answer with a stream error, close."""
+    """Wait for the client's stream header, answer with a stream error, close.
 
-    __slots__ = ("_buf", "_condition", "_hostname", "_text")
+    The header is looked for incrementally: a tag ends at a `>`, so each time one arrives
+    only the bytes since the previous `>` are searched, and nothing past HEADER_LIMIT is
+    kept. Every byte is searched once, however the client cuts or trickles them."""
+
+    __slots__ = ("_buf", "_condition", "_hostname", "_searched", "_text")
 
     def __init__(self, condition: tuple[str, str], hostname: str) -> None:
         self._condition, self._text = condition
         self._hostname = hostname
         self._buf = bytearray()
+        # Where the next search starts: just after the last `>` already searched up to.
+        self._searched = 0
 
     def opening(self) -> base.Reply:
         return base.Reply()
 
     def feed(self, data: bytes) -> base.Reply:
-        self._buf += data
-        if _STREAM_TAG.search(self._buf) is None and len(self._buf) <= HEADER_LIMIT:
-            return base.Reply()
-        attributes = stream_attributes(bytes(self._buf))
+        room = HEADER_LIMIT + 1 - len(self._buf)
+        self._buf += data[:room]
+        buf = self._buf
+        while True:
+            end = buf.find(b">", self._searched)
+            if end < 0:
+                break
+            match = _STREAM_TAG.search(buf, self._searched, end + 1)
+            self._searched = end + 1
+            if match is not None:
+                return self._answer(stream_attributes(match.group(0)))
+        if len(buf) > HEADER_LIMIT:
+            # Not a client starting a stream: answer in the default namespace.
+            return self._answer({})
+        return base.Reply()
+
+    def _answer(self, attributes: dict[str, str]) -> base.Reply:
         return base.Reply(
             stream_error(self._condition, self._text, to=attributes, hostname=self._hostname),
             close=True,
