@@ -204,7 +204,8 @@ def build_listener(
         metrics_port=settings.metrics_port,
         lame_duck_seconds=float(settings.lame_duck_seconds),
     )
-    text = lc.dumps(cfg)
+    # JSON (which is YAML too): the listener pod then needs no YAML parser (its footprint).
+    text = lc.dumps(cfg, "json")
     budget = disruption_budget(listener) if replicas > 1 else None
     return ListenerChildren(
         listener=listener,
