@@ -164,7 +164,13 @@ def test_entry_points_are_each_distribution_s_console_script(
     parsed: dockerfile.Dockerfile,
 ) -> None:
     for target, pyproject, script, cmd, ports in (
-        ("listener", LISTENER_PYPROJECT, "mailwarden-listener", ["--config", CONFIG_PATH], {9090}),
+        (
+            "listener",
+            LISTENER_PYPROJECT,
+            "mailwarden-listener",
+            ["--config", CONFIG_PATH],
+            {lc.METRICS_PORT},
+        ),
         ("operator", ROOT / "pyproject.toml", "mailwarden", ["operator"], {8080, 9091}),
     ):
         assert script in tomllib.loads(pyproject.read_text())["project"]["scripts"]
