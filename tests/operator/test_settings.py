@@ -39,6 +39,7 @@ BAD = [
     ("MAILWARDEN_LISTENER_IMAGE", "registry.example/mailwarden listener:1", "not an image"),
     ("MAILWARDEN_MONITORING_NAMESPACE", "Monitoring_NS", "is not a namespace name"),
     ("MAILWARDEN_MONITORING_NAMESPACE", "x" * 64, "is not a namespace name"),
+    ("POD_NAMESPACE", "Mail System", "is not a namespace name"),
     ("MAILWARDEN_LISTENER_DEFAULTS", "{", "not JSON"),
     ("MAILWARDEN_LISTENER_DEFAULTS", '{"replicas": 3}', "replicas"),
 ]
@@ -47,7 +48,7 @@ BAD = [
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in list(os.environ):
-        if name.startswith("MAILWARDEN_"):
+        if name.startswith("MAILWARDEN_") or name == "POD_NAMESPACE":
             monkeypatch.delenv(name)
     # Nowhere to connect to: the refusal must come before any connection.
     monkeypatch.setenv("KUBECONFIG", os.devnull)

@@ -197,6 +197,9 @@ class Settings:
     # Every this long every MailService and IPAddressGroup is reconciled once more (also
     # retrying fan-out that failed). At least a second: 0 would be a busy loop.
     resync_seconds: float = 300.0
+    # Where the operator runs (POD_NAMESPACE, from the chart): listener pods' NetworkPolicy
+    # admits its pods to the metrics port. Empty outside a cluster: no such rule.
+    operator_namespace: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -226,6 +229,9 @@ class Settings:
                 f"MAILWARDEN_MONITORING_NAMESPACE: {monitoring!r} is not a namespace name "
                 "(lower-case letters, digits and '-', at most 63)"
             )
+        operator_namespace = env.get("POD_NAMESPACE", "")
+        if operator_namespace and not DNS_LABEL.match(operator_namespace):
+            raise SettingsError(f"POD_NAMESPACE: {operator_namespace!r} is not a namespace name")
         resync = _seconds(env, "MAILWARDEN_RESYNC_SECONDS", default.resync_seconds)
         if resync < 1:
             raise SettingsError(
@@ -266,6 +272,7 @@ class Settings:
             figures_timeout=figures_timeout,
             figures_concurrency=int(concurrency),
             resync_seconds=resync,
+            operator_namespace=operator_namespace,
         )
 
 
