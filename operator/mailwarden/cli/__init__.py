@@ -123,6 +123,9 @@ def _listener(path: pathlib.Path) -> int:
     except lc.ConfigError as exc:
         print(f"mailwarden listener: {path}: {exc}", file=sys.stderr)
         return 2
+    except lc.ConfigUnreadable as exc:
+        print(f"mailwarden listener: cannot read the configuration: {exc}", file=sys.stderr)
+        return 1
     return listener_main.run(listener_main.FileSource(path))
 
 
