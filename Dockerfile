@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 #
 # The mailwarden images, from one Dockerfile and one source tree:
-#   --target listener  mailwarden-listener: `mailwarden listener --config FILE`, what the
-#                      operator runs in the pods of every MailService. No Kubernetes client.
+#   --target listener  mailwarden-listener: `mailwarden-listener --config FILE`, what the
+#                      operator runs in the pods of every MailService. Only the listener
+#                      (listener/, its own distribution): no operator code, no Kubernetes client.
 #   --target operator  mailwarden (the default target): `mailwarden operator`, the chart's
 #                      Deployment. Everything the listener image has, plus kopf and the client.
 # Why two images from one file: docs/development.md, "Images".
@@ -20,7 +21,7 @@
 # prints the current index digest; put it here, rebuild, run the tests.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
-# --- build: a virtualenv with the listener's pinned dependencies and mailwarden -----------
+# --- build: a virtualenv with the listener's pinned dependencies and the listener ---------
 FROM ${PYTHON_IMAGE} AS build-listener
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -34,20 +35,22 @@ WORKDIR /src
 COPY deploy/image/listener.lock deploy/image/listener.lock
 RUN pip --python /opt/mailwarden/bin/python install --only-binary=:all: --no-deps \
       -r deploy/image/listener.lock
-COPY pyproject.toml README.md ./
 COPY listener listener
-COPY operator operator
-RUN pip --python /opt/mailwarden/bin/python install --no-deps . \
+RUN pip --python /opt/mailwarden/bin/python install --no-deps ./listener \
  && /opt/mailwarden/bin/python -m compileall -q /opt/mailwarden/lib \
- && /opt/mailwarden/bin/mailwarden --help >/dev/null
+ && /opt/mailwarden/bin/mailwarden-listener --help >/dev/null
 
 # --- build: the same, plus what only the operator needs (kopf, the Kubernetes client) ------
 FROM build-listener AS build-operator
 COPY deploy/image/operator.lock deploy/image/operator.lock
 RUN pip --python /opt/mailwarden/bin/python install --only-binary=:all: --no-deps \
-      -r deploy/image/operator.lock \
+      -r deploy/image/operator.lock
+COPY pyproject.toml README.md ./
+COPY operator operator
+RUN pip --python /opt/mailwarden/bin/python install --no-deps . \
  && /opt/mailwarden/bin/python -m compileall -q /opt/mailwarden/lib \
- && /opt/mailwarden/bin/python -c "import kopf, kubernetes, mailwarden.operator.models"
+ && /opt/mailwarden/bin/python -c "import kopf, kubernetes, mailwarden.operator.models" \
+ && /opt/mailwarden/bin/mailwarden --help >/dev/null
 
 # --- runtime: listener --------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS listener
@@ -64,8 +67,8 @@ USER 65532:65532
 WORKDIR /tmp
 # 9090: metrics, /healthz, /readyz. The mail ports are whatever the configuration says.
 EXPOSE 9090
-ENTRYPOINT ["mailwarden"]
-CMD ["listener", "--config", "/etc/mailwarden/config/listener.yaml"]
+ENTRYPOINT ["mailwarden-listener"]
+CMD ["--config", "/etc/mailwarden/config/listener.yaml"]
 
 # --- runtime: operator (the default target) ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS operator

@@ -8,6 +8,12 @@ a connection to the `over_cap` backend when `be_conn(relay)` (sessions attached 
 backend, counted in HAProxy's single thread, so check and count are one step) has reached the
 cap, and that backend's `tcp-request content use-service lua.over_cap` writes the 421 line
 and closes. Addresses outside the ACL get the 554 line from another Lua service the same way.
+
+`--policy abuse` adds a per-address rate limit and auto-ban to both, set high enough that the
+benchmark's one client address never trips them: what is measured is the cost of keeping the
+per-address tables on every connection. The listener gets `rate_limit` and `auto_ban` (every
+refusal then also counts as a failure); HAProxy a stick table tracking each source's
+connection rate over 60 s, with a reject rule on it (HAProxy's usual rate limit).
 """
 
 from __future__ import annotations
@@ -40,6 +46,19 @@ core.register_service("denied", "tcp", function(applet)
 end)
 """
 
+# The abuse policy of `--policy abuse`: never reached by one client at benchmark rates (at
+# most ~10,000 connections a second here, well under the limits), but checked and counted on
+# every connection.
+RATE_PER_MINUTE = 1_000_000
+BAN_AFTER_FAILURES = 10_000
+BAN_WITHIN_SECONDS = 1.0
+POLICIES = ("none", "abuse")
+
+HAPROXY_ABUSE = """
+    stick-table type ip size 100k expire 60s store conn_rate(60s)
+    tcp-request connection track-sc0 src
+    tcp-request connection reject if {{ sc0_conn_rate gt {rate} }}"""
+
 HAPROXY_CFG = """
 global
     nbthread 1
@@ -53,14 +72,14 @@ defaults
     timeout server 600s
 
 frontend smtp
-    bind 127.0.0.1:{smtp_port}
+    bind 127.0.0.1:{smtp_port}{abuse_smtp}
     acl allowed src {allow}
     tcp-request content use-service lua.denied if !allowed
     use_backend over_cap if {{ be_conn(relay) ge {cap} }}
     default_backend relay
 
 frontend stream
-    bind 127.0.0.1:{stream_port}
+    bind 127.0.0.1:{stream_port}{abuse_stream}
     acl allowed src {allow}
     tcp-request content use-service lua.denied if !allowed
     default_backend stream
@@ -111,7 +130,7 @@ def backend() -> Iterator[Backend]:
 
 
 @contextlib.contextmanager
-def haproxy(be: Backend, cap: int) -> Iterator[Running]:
+def haproxy(be: Backend, cap: int, policy: str = "none") -> Iterator[Running]:
     with tempfile.TemporaryDirectory(prefix="bench-haproxy-") as tmp:
         d = pathlib.Path(tmp)
         (d / "refuse.lua").write_text(LUA)
@@ -127,6 +146,10 @@ def haproxy(be: Backend, cap: int) -> Iterator[Running]:
                 cap=cap,
                 backend_smtp=be.smtp_port,
                 backend_stream=be.stream_port,
+                abuse_smtp=HAPROXY_ABUSE.format(rate=RATE_PER_MINUTE) if policy == "abuse" else "",
+                abuse_stream=HAPROXY_ABUSE.format(rate=RATE_PER_MINUTE)
+                if policy == "abuse"
+                else "",
             )
         )
         proc = procs.start([HAPROXY, "-db", "-f", str(d / "haproxy.cfg")])
@@ -135,9 +158,21 @@ def haproxy(be: Backend, cap: int) -> Iterator[Running]:
             yield Running("HAProxy", proc.pid, smtp_port, stream_port)
 
 
-def listener_config(be: Backend, cap: int, smtp_port: int, stream_port: int) -> dict[str, object]:
+def listener_config(
+    be: Backend, cap: int, smtp_port: int, stream_port: int, policy: str = "none"
+) -> dict[str, object]:
     def service(name: str, port: int, backend_port: int, max_connections: int) -> dict[str, object]:
+        abuse: dict[str, object] = {}
+        if policy == "abuse":
+            abuse = {
+                "rate_limit": {"connections_per_minute": RATE_PER_MINUTE},
+                "auto_ban": {
+                    "after_failures": BAN_AFTER_FAILURES,
+                    "within_seconds": BAN_WITHIN_SECONDS,
+                },
+            }
         return {
+            **abuse,
             "name": f"bench/{name}",
             "service": "SMTP",
             "listen": [{"address": "127.0.0.1", "port": port}],
@@ -166,13 +201,15 @@ def mailwarden_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def mailwarden(be: Backend, cap: int, source: str | None = None) -> Iterator[Running]:
+def mailwarden(
+    be: Backend, cap: int, source: str | None = None, policy: str = "none"
+) -> Iterator[Running]:
     """The listener from this checkout, or (`source`: another checkout's root) from there,
     to compare two versions in one run."""
     with tempfile.TemporaryDirectory(prefix="bench-mailwarden-") as tmp:
         smtp_port, stream_port = procs.free_port(), procs.free_port()
         path = pathlib.Path(tmp) / "listener.yaml"
-        path.write_text(yaml.safe_dump(listener_config(be, cap, smtp_port, stream_port)))
+        path.write_text(yaml.safe_dump(listener_config(be, cap, smtp_port, stream_port, policy)))
         env = None
         if source is not None:
             root = pathlib.Path(source).resolve()
@@ -183,14 +220,17 @@ def mailwarden(be: Backend, cap: int, source: str | None = None) -> Iterator[Run
             yield Running("mailwarden", proc.pid, smtp_port, stream_port)
 
 
-def frontend(name: str, be: Backend, cap: int) -> contextlib.AbstractContextManager[Running]:
-    """`haproxy`, `mailwarden`, or `mailwarden@DIR` (the listener of another checkout)."""
+def frontend(
+    name: str, be: Backend, cap: int, policy: str = "none"
+) -> contextlib.AbstractContextManager[Running]:
+    """`haproxy`, `mailwarden`, or `mailwarden@DIR` (the listener of another checkout).
+    `policy`: "none", or "abuse" (a per-address rate limit and auto-ban on both)."""
     if name == "haproxy":
-        return haproxy(be, cap)
+        return haproxy(be, cap, policy)
     if name == "mailwarden":
-        return mailwarden(be, cap)
+        return mailwarden(be, cap, policy=policy)
     if name.startswith("mailwarden@"):
-        return mailwarden(be, cap, name.split("@", 1)[1])
+        return mailwarden(be, cap, name.split("@", 1)[1], policy)
     raise ValueError(f"unknown front end {name!r}")
 
 

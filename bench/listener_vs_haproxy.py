@@ -332,7 +332,11 @@ def machine() -> str:
 
 
 def run(
-    names: list[str], p: Params, order: list[str], log: Callable[[str], None]
+    names: list[str],
+    p: Params,
+    order: list[str],
+    log: Callable[[str], None],
+    policy: str = "none",
 ) -> dict[str, dict[str, list[Result]]]:
     results: dict[str, dict[str, list[Result]]] = {}
     with frontends.backend() as be:
@@ -341,7 +345,7 @@ def run(
             per_fe: dict[str, list[Result]] = {fe: [] for fe in order}
             for rnd in range(p.rounds):
                 for fe_name in order:
-                    with frontends.frontend(fe_name, be, cap_of(p)) as fe:
+                    with frontends.frontend(fe_name, be, cap_of(p), policy) as fe:
                         r = bench(fe, p)
                     per_fe[fe_name].append(r)
                     shown = ", ".join(f"{k}={v:.4g}" for k, v in r.items())
@@ -362,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; smoke 1)")
     parser.add_argument(
         "--frontends", default="mailwarden,haproxy", help="which front ends, in run order"
+    )
+    parser.add_argument(
+        "--policy",
+        choices=frontends.POLICIES,
+        default="none",
+        help="abuse: both front ends also keep a per-address rate limit and auto-ban "
+        "(never tripped by the benchmark's one client: the cost of the check is measured)",
     )
     parser.add_argument("--json", type=pathlib.Path, help="also write every round here")
     parser.add_argument("--quiet", action="store_true", help="no per-round lines")
@@ -392,13 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     procs.NICE = args.nice
     started = time.monotonic()
     load = os.getloadavg()
-    results = run(names, p, order, log)
+    results = run(names, p, order, log, args.policy)
     text, verdicts = table(results, p, order)
     print(f"machine: {machine()}")
     print(
         f"medians of {p.rounds} interleaved round(s), {time.monotonic() - started:.0f} s; "
         f"load average before: {load[0]:.2f} (after: {os.getloadavg()[0]:.2f})"
         + (f", nice {args.nice}" if args.nice is not None else "")
+        + (f", policy {args.policy}" if args.policy != "none" else "")
         + "\n"
     )
     print(text)

@@ -14,6 +14,7 @@ import yaml
 
 from mailwarden.operator import children, models
 from mailwarden.operator import status as status_mod
+from mailwarden.operator.conditions import READY_FALSE, Reason, stalled_reasons
 from tests.deploy.tools import ROOT, render
 
 ARGOCD = ROOT / "deploy" / "argocd"
@@ -114,9 +115,11 @@ def operator_status(f: status_mod.Facts) -> dict[str, Any]:
     return {**msvc.model_dump(by_alias=True, mode="json"), "status": new}
 
 
-def test_every_reason_the_operator_stalls_for_is_degraded_including_backend_unreachable(
+def test_backend_unreachable_is_progressing_not_degraded_and_healthy_once_back(
     tmp_path: pathlib.Path,
 ) -> None:
+    """Applied together with its backend, a MailService must not fail the sync: the status
+    the operator itself writes for an unreachable backend reads as Progressing."""
     script = HEALTH / "mailwarden.io" / "MailService" / "health.lua"
     base = status_mod.Facts(
         generation=2,
@@ -133,22 +136,51 @@ def test_every_reason_the_operator_stalls_for_is_degraded_including_backend_unre
     unreachable = dataclasses.replace(base, backend_error="Connection refused")
     obj = operator_status(unreachable)
     status, message = health(script, obj, tmp_path)
-    assert status == "Degraded"
+    assert status == "Progressing"
     assert message.startswith("BackendUnreachable: backend postfix.mail.svc:25 unreachable")
-    # Also from Ready alone (a status written without Stalled).
-    obj["status"]["conditions"] = [c for c in obj["status"]["conditions"] if c["type"] != "Stalled"]
-    assert health(script, obj, tmp_path)[0] == "Degraded"
     # Back: healthy again.
     assert health(script, operator_status(base), tmp_path)[0] == "Healthy"
+    # A refused child is Degraded (an edit is needed), from the operator's own status.
+    refused = dataclasses.replace(
+        base, apply_failure=status_mod.ApplyFailure("Service", "s", 422, "externalIPs denied")
+    )
+    assert health(script, operator_status(refused), tmp_path)[0] == "Degraded"
 
 
-def test_a_new_generation_is_progressing_even_while_the_old_one_was_degraded(
-    tmp_path: pathlib.Path,
+def kstatus_conditions(reason: str, meaning: Any) -> list[dict[str, Any]]:
+    def cond(type_: str, on: bool) -> dict[str, Any]:
+        return {"type": type_, "status": "True" if on else "False", "reason": reason}
+
+    return [
+        {"type": "Ready", "status": "False", "reason": reason, "message": "m"},
+        cond("Reconciling", meaning.reconciling),
+        cond("Stalled", meaning.stalled),
+    ]
+
+
+@pytest.mark.parametrize("reason", sorted(READY_FALSE))
+def test_each_reason_of_the_table_reads_in_argo_cd_as_its_kstatus_meaning(
+    reason: str, tmp_path: pathlib.Path
 ) -> None:
+    """Stalled reasons are Degraded; those that clear by themselves Progressing; Stopped is
+    Suspended. With the three conditions, and from Ready alone (a status written by an older
+    operator without Reconciling and Stalled)."""
     script = HEALTH / "mailwarden.io" / "MailService" / "health.lua"
-    obj = yaml.safe_load((script.parent / "testdata" / "stalled-conflict.yaml").read_text())
-    obj["metadata"]["generation"] = 3
-    assert health(script, obj, tmp_path)[0] == "Progressing"
+    meaning = READY_FALSE[reason]
+    want = (
+        "Suspended"
+        if reason == Reason.STOPPED
+        else "Degraded"
+        if meaning.stalled
+        else "Progressing"
+    )
+    obj = {
+        "metadata": {"generation": 1},
+        "status": {"observedGeneration": 1, "conditions": kstatus_conditions(reason, meaning)},
+    }
+    assert health(script, obj, tmp_path)[0] == want
+    obj["status"]["conditions"] = obj["status"]["conditions"][:1]
+    assert health(script, obj, tmp_path)[0] == want
 
 
 def test_application_health_passes_the_child_application_s_health_through(
@@ -226,18 +258,9 @@ def test_the_operator_application_s_helm_values_pass_the_chart_s_schema(
     )
 
 
-def test_the_mailservice_health_check_degrades_on_exactly_the_operators_failure_reasons():
-    import re
-
-    from mailwarden.operator.conditions import Reason
-
+def test_the_mailservice_health_check_degrades_on_exactly_the_stalled_reasons() -> None:
     script = (ARGOCD / "health" / "mailwarden.io" / "MailService" / "health.lua").read_text()
     table = script.split("local FAILURES = {", 1)[1].split("}", 1)[0]
     listed = set(re.findall(r"(\w+) = true", table))
-    assert listed == {
-        Reason.INVALID_SPEC,
-        Reason.GROUP_NOT_FOUND,
-        Reason.GROUP_CYCLE,
-        Reason.LISTEN_CONFLICT,
-        Reason.BACKEND_UNREACHABLE,
-    }
+    assert listed == stalled_reasons()
+    assert Reason.BACKEND_UNREACHABLE not in listed and Reason.INVALID_SPEC in listed

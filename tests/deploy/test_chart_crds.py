@@ -10,6 +10,8 @@ from tests.deploy.tools import CHART, CRDS, by_kind, render
 
 CHART_CRDS = CHART / "files" / "crds"
 KEEP = "helm.sh/resource-policy"
+# Argo CD ignores Helm's keep policy; this stops its prune and its cascade delete.
+ARGOCD = "argocd.argoproj.io/sync-options"
 
 
 def crd_files() -> list[str]:
@@ -46,6 +48,7 @@ def test_rendered_crds_equal_deploy_crds_plus_chart_labels_and_the_keep_policy()
     for name, crd in rendered.items():
         meta = crd["metadata"]
         assert meta["annotations"][KEEP] == "keep"
+        assert meta["annotations"][ARGOCD] == "Prune=false,Delete=false"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         want = expected[name]
         want_meta = want.get("metadata", {})
@@ -63,3 +66,11 @@ def test_crds_can_be_left_out_or_deleted_on_uninstall() -> None:
     crds = by_kind(render(sets=("crds.keep=false",)), "CustomResourceDefinition")
     assert crds
     assert all(KEEP not in c["metadata"].get("annotations", {}) for c in crds)
+    assert all(ARGOCD not in c["metadata"].get("annotations", {}) for c in crds)
+
+
+def test_generated_crds_tell_argo_cd_never_to_prune_or_delete_them() -> None:
+    # deploy/crds is what an Argo CD Application syncing the plain manifests applies.
+    for name, crd in generated().items():
+        options = crd["metadata"]["annotations"][ARGOCD].split(",")
+        assert {"Prune=false", "Delete=false"} <= set(options), name

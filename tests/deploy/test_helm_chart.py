@@ -36,7 +36,7 @@ NAMESPACED_RULES = [
     ([""], ["services"], ["get", "list", "watch", "create", "patch", "delete"]),
     (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch"]),
     (["networking.k8s.io"], ["networkpolicies"], ["get", "list", "watch", "create", "patch"]),
-    ([""], ["pods"], ["list", "patch"]),
+    ([""], ["pods"], ["list", "watch", "patch"]),
     ([""], ["events"], ["create"]),
 ]
 CRD_RULE = (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])

@@ -29,8 +29,9 @@ DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 BUILD_TOOLS = re.compile(
     r"\b(gcc|g\+\+|clang|make|build-essential|python3?-dev|libc6?-dev|cargo|rustc)\b"
 )
+LISTENER_PYPROJECT = ROOT / "listener" / "pyproject.toml"
 # Only the operator imports these; the listener image goes without them.
-OPERATOR_ONLY = {"kopf", "kubernetes"}
+OPERATOR_ONLY = {"kopf", "kubernetes", "pydantic"}
 CONFIG_PATH = "/etc/mailwarden/config/listener.yaml"
 
 
@@ -159,25 +160,39 @@ def test_listener_target_copies_the_virtualenv_without_the_operator_s_dependenci
     assert set(copied_locks) == {"deploy/image/listener.lock"}
 
 
-def test_entry_points_are_the_mailwarden_console_script(parsed: dockerfile.Dockerfile) -> None:
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert "mailwarden" in scripts
-    for target, cmd, ports in (
-        ("listener", ["listener", "--config", CONFIG_PATH], {9090}),
-        ("operator", ["operator"], {8080, 9091}),
+def test_entry_points_are_each_distribution_s_console_script(
+    parsed: dockerfile.Dockerfile,
+) -> None:
+    for target, pyproject, script, cmd, ports in (
+        ("listener", LISTENER_PYPROJECT, "mailwarden-listener", ["--config", CONFIG_PATH], {9090}),
+        ("operator", ROOT / "pyproject.toml", "mailwarden", ["operator"], {8080, 9091}),
     ):
+        assert script in tomllib.loads(pyproject.read_text())["project"]["scripts"]
         stage = runtime(parsed, target)
         (entry,) = stage.of("ENTRYPOINT")
-        assert entry.words() == ["mailwarden"]
+        assert entry.words() == [script]
         (command,) = stage.of("CMD")
         assert command.words() == cmd
         assert {int(p) for ins in stage.of("EXPOSE") for p in ins.words()} == ports
+
+
+def test_the_listener_build_installs_only_the_listener_distribution(
+    parsed: dockerfile.Dockerfile,
+) -> None:
+    build = next(s for s in parsed.stages if s.name == "build-listener")
+    copied = {i.words()[0] for i in build.of("COPY")}
+    assert "operator" not in copied and "pyproject.toml" not in copied
+    assert any(re.search(r"install --no-deps \./listener\b", i.args) for i in build.of("RUN"))
 
 
 def test_listener_command_reads_the_file_the_operator_mounts() -> None:
     from mailwarden.operator import naming
 
     assert f"{naming.CONFIG_DIR}/{naming.CONFIG_FILE}" == CONFIG_PATH
+
+
+def dependencies(pyproject: pathlib.Path) -> list[str]:
+    return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
 
 
 def pins(lock: str) -> dict[str, str]:
@@ -192,14 +207,18 @@ def pins(lock: str) -> dict[str, str]:
 @pytest.mark.parametrize("lock", ["listener.lock", "operator.lock"])
 def test_locks_pin_every_runtime_dependency_at_a_version_the_project_accepts(lock: str) -> None:
     pinned = pins(lock)
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = dependencies(LISTENER_PYPROJECT)
+    if lock == "operator.lock":
+        deps += dependencies(ROOT / "pyproject.toml")
+    for name in OPERATOR_ONLY:
+        if lock == "listener.lock":
+            assert name not in pinned, f"the listener image does not need {name}"
     for dep in map(Requirement, deps):
         if dep.marker and not dep.marker.evaluate({"sys_platform": "linux"}):
             continue
         name = dep.name.lower().replace("_", "-")
-        if lock == "listener.lock" and name in OPERATOR_ONLY:
-            assert name not in pinned, f"the listener image does not need {name}"
-            continue
+        if name == "mailwarden-listener":
+            continue  # installed from listener/ in the image, not from a lock
         assert name in pinned, f"{dep.name} is not pinned: run scripts/lock-image-requirements"
         assert dep.specifier.contains(pinned[name], prereleases=True), (
             f"{dep.name}=={pinned[name]} does not satisfy {dep}: "
@@ -215,13 +234,8 @@ def test_the_listener_lock_is_the_operator_lock_s_subset_at_the_same_versions() 
 # -- the entry points, from a plain virtualenv as the image builds it -------------------------
 
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A fresh virtualenv with mailwarden installed from a wheel (not editable), like the
-    listener image's `pip install .`. Its third-party packages come from the test environment,
-    less the operator's (kopf, kubernetes), which the listener image does not have."""
-    tmp = tmp_path_factory.mktemp("image-venv")
-    wheels = tmp / "wheels"
+def build_wheel(source: pathlib.Path, into: pathlib.Path) -> pathlib.Path:
+    before = set(into.glob("*.whl"))
     proc = subprocess.run(
         [
             sys.executable,
@@ -231,30 +245,63 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
             "--quiet",
             "--no-deps",
             "-w",
-            str(wheels),
-            str(ROOT),
+            str(into),
+            str(source),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, f"building the wheel failed:\n{proc.stderr[-3000:]}"
-    env = tmp / "venv"
+    assert proc.returncode == 0, f"building the wheel of {source} failed:\n{proc.stderr[-3000:]}"
+    (wheel,) = set(into.glob("*.whl")) - before
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """The two distributions as wheels: `mailwarden-listener` (listener/) and `mailwarden`."""
+    into = tmp_path_factory.mktemp("wheels")
+    return {
+        "listener": build_wheel(ROOT / "listener", into),
+        "mailwarden": build_wheel(ROOT, into),
+    }
+
+
+def make_venv(env: pathlib.Path, wheels: list[pathlib.Path], *, listener_image: bool) -> None:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
-    (wheel,) = wheels.glob("mailwarden-*.whl")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install",
-         "--quiet", "--no-deps", str(wheel)],
+         "--quiet", "--no-deps", *map(str, wheels)],
         check=True,
         capture_output=True,
         timeout=300,
     )  # fmt: skip
     site = next((env / "lib").glob("python3*/site-packages"))
     deps = next(p for p in map(pathlib.Path, sys.path) if p.name == "site-packages")
-    # After the venv's own site-packages: mailwarden itself comes from the wheel.
+    # After the venv's own site-packages: mailwarden itself comes from the wheels.
     (site / "zz-test-deps.pth").write_text(f"{deps}\n")
-    (site / "no_operator_deps.py").write_text(BLOCKER)
-    (site / "aa-no-operator-deps.pth").write_text("import no_operator_deps\n")
+    if listener_image:
+        (site / "no_operator_deps.py").write_text(BLOCKER)
+        (site / "aa-no-operator-deps.pth").write_text("import no_operator_deps\n")
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, pathlib.Path]) -> pathlib.Path:
+    """As the listener image builds it: only the listener's wheel, installed (not editable)
+    into a fresh virtualenv. Third-party packages come from the test environment, less the
+    operator's (kopf, kubernetes, pydantic), which the listener image does not have."""
+    env = tmp_path_factory.mktemp("listener-image") / "venv"
+    make_venv(env, [wheels["listener"]], listener_image=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def full_venv(
+    tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, pathlib.Path]
+) -> pathlib.Path:
+    """As the operator image builds it: both wheels."""
+    env = tmp_path_factory.mktemp("operator-image") / "venv"
+    make_venv(env, [wheels["listener"], wheels["mailwarden"]], listener_image=False)
     return env
 
 
@@ -284,13 +331,26 @@ def test_the_listener_virtualenv_really_lacks_the_operator_s_packages(venv: path
     assert proc.returncode == 1 and "not in the listener image" in proc.stderr
 
 
+@pytest.mark.parametrize("module", ["mailwarden.operator", "mailwarden.cli"])
+def test_the_listener_virtualenv_holds_no_operator_or_cli_code(
+    venv: pathlib.Path, module: str
+) -> None:
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", f"import {module}"],
+        capture_output=True, text=True, env=clean_env(), cwd=venv,
+    )  # fmt: skip
+    assert proc.returncode == 1 and f"No module named '{module}'" in proc.stderr
+    assert not (venv / "bin" / "mailwarden").exists()
+
+
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
 def test_the_installed_command_is_the_wheel_s_own_and_shows_its_commands(
-    venv: pathlib.Path,
+    full_venv: pathlib.Path,
 ) -> None:
+    venv = full_venv
     out = subprocess.run(
         [str(venv / "bin" / "mailwarden"), "--help"],
         capture_output=True, text=True, timeout=60, env=clean_env(), cwd=venv, check=True,
@@ -330,7 +390,7 @@ def listener_process(
     path = tmp_path / "listener.yaml"
     path.write_text(lc.dumps(cfg))
     proc = subprocess.Popen(
-        [str(venv / "bin" / "mailwarden"), "listener", "--config", str(path)],
+        [str(venv / "bin" / "mailwarden-listener"), "--config", str(path)],
         env=clean_env(),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -368,15 +428,24 @@ def test_listener_entry_point_serves_health_and_metrics_then_exits_cleanly_on_si
     assert proc.wait(timeout=15) == 0
 
 
+@pytest.mark.parametrize(
+    ("image", "argv", "prog"),
+    [
+        ("venv", ["mailwarden-listener"], "mailwarden-listener"),
+        ("full_venv", ["mailwarden", "listener"], "mailwarden listener"),
+    ],
+    ids=["listener-image", "full-cli"],
+)
 def test_listener_entry_point_refuses_a_broken_config_with_a_clear_message(
-    venv: pathlib.Path, tmp_path: pathlib.Path
+    request: pytest.FixtureRequest, image: str, argv: list[str], prog: str, tmp_path: pathlib.Path
 ) -> None:
+    venv: pathlib.Path = request.getfixturevalue(image)
     path = tmp_path / "listener.yaml"
     path.write_text("services:\n  - name: x\n    service: SMTP\n    listen: []\n")
     proc = subprocess.run(
-        [str(venv / "bin" / "mailwarden"), "listener", "--config", str(path)],
+        [str(venv / "bin" / argv[0]), *argv[1:], "--config", str(path)],
         capture_output=True, text=True, timeout=60, env=clean_env(), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "mailwarden listener:" in proc.stderr and "listen" in proc.stderr
+    assert f"{prog}:" in proc.stderr and "listen" in proc.stderr
     assert "Traceback" not in proc.stderr

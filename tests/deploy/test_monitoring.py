@@ -118,3 +118,22 @@ def test_dashboard_panels_have_unique_ids_and_a_service_variable() -> None:
     assert len(ids) == len(set(ids))
     names = [v["name"] for v in dash["templating"]["list"]]
     assert names == ["datasource", "service"]
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        'outcome=~"rate_limited|banned"',
+        "mailwarden_banned_addresses",
+        "mailwarden_bans_total",
+        "mailwarden_login_failures_total",
+    ],
+)
+def test_dashboard_shows_the_abuse_defence(needle: str) -> None:
+    assert any(needle in expr for _, expr in dashboard_exprs())
+
+
+def test_alerts_watch_bans_and_rate_limited_refusals() -> None:
+    rules = dict(rule_exprs())
+    assert "mailwarden_banned_addresses" in rules["MailwardenAddressesBanned"]
+    assert 'outcome="rate_limited"' in rules["MailwardenRateLimitedRefusals"]

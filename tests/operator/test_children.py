@@ -118,8 +118,7 @@ def test_the_listener_runs_from_the_mounted_config_with_probes_on_the_metrics_po
     built = children.build(msvc(service="IMAPS", drainSeconds=45), {})
     (container,) = pod(built)["containers"]
     assert container["command"] == [
-        "mailwarden",
-        "listener",
+        "mailwarden-listener",
         "--config",
         "/etc/mailwarden/config/listener.yaml",
     ]

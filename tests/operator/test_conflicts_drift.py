@@ -37,7 +37,9 @@ def test_the_later_service_does_not_take_a_claimed_address_and_takes_over_later(
     loser = eventually(lambda: ready(kube, ns, "b-second", reason="ListenConflict"))
     message = condition(loser, "Ready")["message"]
     assert "192.0.2.100:80" in message and f"{ns}/a-first" in message
-    assert condition(loser, "Stalled")["status"] == "True"
+    # It clears by itself when the holder goes: waiting (Reconciling), not Stalled.
+    assert condition(loser, "Stalled")["status"] == "False"
+    assert condition(loser, "Reconciling")["status"] == "True"
     # It keeps what it can have, not what it cannot.
     assert kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-101") is not None
     assert kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-100") is None

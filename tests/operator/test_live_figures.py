@@ -1,5 +1,5 @@
 """Live figures end to end: the real operator polls real listener processes (the pod
-stand-in of tests/support/pods.py runs one `mailwarden listener` per pod of a listener
+stand-in of tests/support/pods.py runs one `mailwarden-listener` per pod of a listener
 Deployment, on an address of its own), sessions are opened through those listeners, and
 `kubectl get msvc` (the real kubectl against the emulator) shows ACTIVE and REFUSED move.
 A pod that stops answering is named in the FiguresAvailable condition while the operator

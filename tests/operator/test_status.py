@@ -59,6 +59,12 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         running=False,
         available_replicas=0,
         backend_error="Connection refused",
+        apply_failure=status.ApplyFailure("Service", "s", 422, "invalid"),
+        deployment_failures={
+            Reason.PROGRESS_DEADLINE_EXCEEDED: "deadline",
+            Reason.REPLICA_FAILURE: "quota",
+        },
+        pod_failures={Reason.IMAGE_PULL_BACK_OFF: "pull", Reason.CRASH_LOOP_BACK_OFF: "crash"},
     )
     order = []
     checks = list(status.CHECKS)
@@ -70,7 +76,10 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         Reason.GROUP_NOT_FOUND,
         Reason.GROUP_CYCLE,
         Reason.LISTEN_CONFLICT,
+        Reason.APPLY_FAILED,
         Reason.STOPPED,
+        Reason.PROGRESS_DEADLINE_EXCEEDED,
+        Reason.IMAGE_PULL_BACK_OFF,
         Reason.BACKEND_UNREACHABLE,
         Reason.STARTING,
     ]

@@ -14,6 +14,7 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
   `?resourceVersion=` by replaying a bounded event log, so no change between a list and its
   watch is lost;
 - equality-based label selectors (`k=v`, `k!=v`, `k`, `!k`) on list and watch;
+- paginated lists (`limit` and `continue`);
 - requests dropped from kmock's history once served (its router scans the whole history on
   every request, which made a GET 90x slower after 1,000 requests);
 - a stand-in for the Deployment controller (status follows spec at once, or on demand);
@@ -109,6 +110,12 @@ class Emulator(kmock.KubernetesEmulator):
     # operator can do, not by how long it runs. The RBAC test reads them.
     audit: set[tuple[str, str, str, str, str | None]] = attrs.field(factory=set)
     blocking_owners: set[tuple[str, str, str]] = attrs.field(factory=set)
+    # Admission stand-ins (tests/support/admission.py): called with (plural, namespace,
+    # object, old object or None) on every create and update; they raise
+    # kmock.KubernetesError to deny.
+    policies: list[Any] = attrs.field(factory=list)
+    # How many list pages were served (a paginated list of N items takes N/limit).
+    list_pages: int = 0
     # (verb, resource[/subresource]) -> requests served, from anyone.
     served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
     # The pod stand-in (tests/support/pods.py), when the test wants real listener pods.
@@ -379,6 +386,8 @@ class Emulator(kmock.KubernetesEmulator):
     def _admit(
         self, request: rendering.Request, obj: dict[str, Any], old: dict[str, Any] | None
     ) -> dict[str, Any]:
+        for policy in self.policies:
+            policy(str(request.resource.plural), request.namespace, obj, old)
         crd = self.crds.get(str(request.resource.plural))
         if crd is None:
             return obj
@@ -466,15 +475,27 @@ class Emulator(kmock.KubernetesEmulator):
             return self._objects[key].raw
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        # Pages as the API server serves them (`limit`, then `continue` until it is empty:
+        # https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks).
+        # The token here is the offset and the list's resourceVersion; a real one is opaque.
+        limit = int(request.params.get("limit") or 0)
+        token = request.params.get("continue") or ""
         async with self._lock:
             items = self._matching(request)
             rv = str(self._last_rv)
-        return {
-            "apiVersion": "v1",
-            "kind": "List",
-            "metadata": {"resourceVersion": rv},
-            "items": items,
-        }
+        meta: dict[str, Any] = {"resourceVersion": rv}
+        if token:
+            offset_text, _, rv = token.partition(":")
+            meta["resourceVersion"] = rv
+            items = items[int(offset_text) :]
+            offset = int(offset_text)
+        else:
+            offset = 0
+        if limit and len(items) > limit:
+            items = items[:limit]
+            meta["continue"] = f"{offset + limit}:{meta['resourceVersion']}"
+        self.list_pages += 1
+        return {"apiVersion": "v1", "kind": "List", "metadata": meta, "items": items}
 
     async def _serve_watch(self, request: rendering.Request) -> Any:
         yield b""

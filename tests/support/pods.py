@@ -1,6 +1,6 @@
 """A stand-in for the ReplicaSet controller and the kubelet, for listener Deployments in the
 API emulator (tests/support/kube.py): each pod of such a Deployment is a real
-`mailwarden listener` process on an address of its own in 127.0.0.0/8, reported in the
+`mailwarden-listener` process on an address of its own in 127.0.0.0/8, reported in the
 emulator as the kubelet reports a pod (status.podIP, phase Running, condition Ready once
 /readyz answers), so that the operator talks to real listeners over HTTP.
 
@@ -282,12 +282,12 @@ class PodStandIn:
             live = self.emulator._live(self._key("configmaps", namespace, cm))
             write_atomically(pod.volume(volume), self._contents(live, ip))
         command = [_path_in_pod(pod, arg) for arg in container.get("command", [])]
-        if command[:2] != ["mailwarden", "listener"]:
+        if command[:1] != ["mailwarden-listener"]:
             raise RuntimeError(f"{deployment}: not a listener command: {command}")
         with pod.log.open("wb") as log:
             # A fork and exec, quick; the process is watched without blocking (_reap).
             pod.process = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "mailwarden.cli", *command[1:]],
+                [sys.executable, "-m", "mailwarden.listener", *command[1:]],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -224,3 +224,21 @@ def test_quiet_keys_leave_the_table_as_time_passes():
     for i in range(20):
         log.add(f"late{i}", 20.0)
     assert len(log) == 20  # each new key drops up to eight stale ones
+
+
+def test_a_high_limit_costs_constant_time_per_connection_from_one_busy_address():
+    """One address at 100,000 connections a minute (the highest limit): the window slides
+    by moving an index, not by shifting 100,000 times."""
+    guard = abuse.Guard(abuse.Policy(connections_per_minute=100_000))
+    address, name = addr("192.0.2.1")
+    started = time.perf_counter()
+    admitted = 0
+    for i in range(300_000):  # five minutes at 1,000 a second
+        if guard.admit(address, name, i / 1000.0)[0] is abuse.Verdict.ADMITTED:
+            admitted += 1
+    elapsed = time.perf_counter() - started
+    assert admitted == 300_000  # 60,000 per minute, under the limit
+    assert elapsed < 10, f"{elapsed:.1f} s"
+    times = guard.rates._table[name]
+    assert len(times) == 60_000
+    assert len(times.times) < 2 * 60_000 + 64  # compacted as it goes

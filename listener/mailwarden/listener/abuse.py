@@ -67,6 +67,42 @@ def address_key(address: IPAddress, name: str, ipv6_prefix: int) -> str:
     return _v6_key(int(address), ipv6_prefix)
 
 
+class _Times:
+    """One key's event times, oldest first, from `head` on. Events leave from the front by
+    moving `head` (the list is compacted now and then), so a key with a limit of 100,000 a
+    minute costs O(1) per event, not a 100,000-element shift."""
+
+    __slots__ = ("head", "times")
+
+    def __init__(self, now: float) -> None:
+        self.times = [now]
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def drop_before(self, horizon: float) -> None:
+        times, head = self.times, self.head
+        end = len(times)
+        while head < end and times[head] <= horizon:
+            head += 1
+        self.head = head
+        if head > 32 and head * 2 > end:
+            del times[:head]
+            self.head = 0
+
+    def keep_last(self, n: int) -> None:
+        if len(self) > n:
+            self.head = len(self.times) - n
+            self.drop_before(float("-inf"))  # compacts when worthwhile
+
+    def oldest(self) -> float:
+        return self.times[self.head]
+
+    def newest(self) -> float:
+        return self.times[-1]
+
+
 class SlidingLog:
     """For each key, the times of its last `limit` events, in a table of at most `capacity`
     keys. `count within the window` is exact for every key the table still holds."""
@@ -78,7 +114,7 @@ class SlidingLog:
         self.window = window
         self.capacity = capacity
         # Ordered by last event: the first key is the one that has been quiet longest.
-        self._table: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
+        self._table: collections.OrderedDict[str, _Times] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._table)
@@ -87,58 +123,49 @@ class SlidingLog:
         self.limit = max(1, limit)
         self.window = window
         for times in self._table.values():
-            del times[: -self.limit]
+            times.keep_last(self.limit)
 
     def count(self, key: str, now: float) -> int:
         """Events of `key` within the window ending now."""
         times = self._table.get(key)
         if times is None:
             return 0
-        return len(times) - self._stale(times, now)
+        times.drop_before(now - self.window)
+        return len(times)
 
     def admit(self, key: str, now: float) -> float:
         """Record an event unless `limit` are already within the window. Returns 0 if it was
         recorded, else the seconds until the oldest of them leaves the window."""
         times = self._table.get(key)
         if times is not None:
-            stale = self._stale(times, now)
-            if stale:
-                del times[:stale]
+            times.drop_before(now - self.window)
             if len(times) >= self.limit:
-                return max(times[0] + self.window - now, 0.001)
+                return max(times.oldest() + self.window - now, 0.001)
         self._record(key, times, now)
         return 0.0
 
     def add(self, key: str, now: float) -> int:
         """Record an event; return how many of the key's events are within the window."""
         times = self._table.get(key)
+        if times is not None:
+            times.drop_before(now - self.window)
         self._record(key, times, now)
-        times = self._table[key]
-        return len(times) - self._stale(times, now)
+        return len(self._table[key])
 
     def forget(self, key: str) -> None:
         self._table.pop(key, None)
 
-    def _stale(self, times: list[float], now: float) -> int:
-        horizon = now - self.window
-        n = 0
-        for t in times:
-            if t > horizon:
-                break
-            n += 1
-        return n
-
-    def _record(self, key: str, times: list[float] | None, now: float) -> None:
+    def _record(self, key: str, times: _Times | None, now: float) -> None:
         table = self._table
         if times is None:
             self._expire(now)
             if len(table) >= self.capacity:
                 table.popitem(last=False)
-            table[key] = [now]
+            table[key] = _Times(now)
             return
-        times.append(now)
+        times.times.append(now)
         if len(times) > self.limit:
-            del times[0]
+            times.keep_last(self.limit)
         table.move_to_end(key)
 
     def _expire(self, now: float) -> None:
@@ -150,7 +177,7 @@ class SlidingLog:
             if not table:
                 return
             key = next(iter(table))
-            if table[key][-1] > horizon:
+            if table[key].newest() > horizon:
                 return
             del table[key]
 

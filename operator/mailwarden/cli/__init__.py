@@ -7,8 +7,6 @@ import logging
 import pathlib
 import sys
 
-from mailwarden.listener import config as lc
-
 
 def _manifest_arguments(p: argparse.ArgumentParser) -> None:
     """-f and -n, as kubectl spells them: `listen` and `render` read the same manifests."""
@@ -101,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "listener":
-        return _listener(args.config)
+        from mailwarden.listener import cli as listener_cli
+
+        return listener_cli.command(args.config, prog="mailwarden listener")
     if args.command == "listen":
         from mailwarden.cli import listen
 
@@ -113,20 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     from mailwarden.cli import operator
 
     return operator.command(args)
-
-
-def _listener(path: pathlib.Path) -> int:
-    from mailwarden.listener import main as listener_main
-
-    try:
-        lc.load(path)
-    except lc.ConfigError as exc:
-        print(f"mailwarden listener: {path}: {exc}", file=sys.stderr)
-        return 2
-    except lc.ConfigUnreadable as exc:
-        print(f"mailwarden listener: cannot read the configuration: {exc}", file=sys.stderr)
-        return 1
-    return listener_main.run(listener_main.FileSource(path))
 
 
 if __name__ == "__main__":

@@ -195,8 +195,7 @@ def deployment(msvc: models.MailService, settings: settings_mod.Settings) -> Man
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": [
-            "mailwarden",
-            "listener",
+            "mailwarden-listener",
             "--config",
             f"{naming.CONFIG_DIR}/{naming.CONFIG_FILE}",
         ],

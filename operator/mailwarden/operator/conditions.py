@@ -4,6 +4,7 @@ records the generation it speaks for."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypedDict
@@ -31,15 +32,84 @@ class Reason:
     GROUP_NOT_FOUND = "IPAddressGroupNotFound"
     GROUP_CYCLE = "IPAddressGroupCycle"
     LISTEN_CONFLICT = "ListenConflict"
+    APPLY_FAILED = "ApplyFailed"
     STOPPED = "Stopped"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    REPLICA_FAILURE = "ReplicaFailure"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     BACKEND_UNREACHABLE = "BackendUnreachable"
+    ADDRESS_PENDING = "AddressPending"
     STARTING = "Starting"
     RUNNING = "Running"
     RESOLVED = "Resolved"
     RECONCILED = "Reconciled"
-    PROGRESSING = "Progressing"
     # An event only: the backend answers again after BackendUnreachable.
     BACKEND_REACHABLE = "BackendReachable"
+
+
+@dataclasses.dataclass(frozen=True)
+class Meaning:
+    """What a Ready=False reason says in kstatus terms
+    (https://github.com/kubernetes-sigs/cli-utils/blob/master/pkg/kstatus/README.md):
+    Stalled=True when nothing will change until someone edits something (Flux fails its health
+    check at once, Argo CD shows Degraded); Reconciling=True when the condition can clear by
+    itself (the backend comes up, the group is created, the address is assigned)."""
+
+    stalled: bool
+    reconciling: bool
+    means: str
+
+
+# Every Ready=False reason of a MailService (and IPAddressGroup), with its kstatus meaning.
+# docs/conditions.md shows this table and the Argo CD health check degrades on exactly the
+# stalled ones; tests hold the three together.
+READY_FALSE: dict[str, Meaning] = {
+    Reason.INVALID_SPEC: Meaning(True, False, "the spec breaks a rule; fix the spec"),
+    Reason.GROUP_CYCLE: Meaning(
+        True, False, "IPAddressGroups nest in a cycle; every client is refused until an edit"
+    ),
+    Reason.APPLY_FAILED: Meaning(
+        True,
+        False,
+        "the API server refused a child (4xx other than 409/429: invalid, forbidden by RBAC "
+        "or an admission policy); its message is in the condition. Reconciling=True instead "
+        "for a ResourceQuota refusal, retried with backoff until quota frees",
+    ),
+    Reason.PROGRESS_DEADLINE_EXCEEDED: Meaning(
+        True,
+        False,
+        "the listener Deployment made no progress within its progressDeadlineSeconds "
+        "(kstatus reads a Deployment so too)",
+    ),
+    Reason.GROUP_NOT_FOUND: Meaning(
+        False, True, "an IPAddressGroup it uses does not exist yet; every client is refused"
+    ),
+    Reason.LISTEN_CONFLICT: Meaning(
+        False, True, "an older MailService holds the address and port; taken over when it goes"
+    ),
+    Reason.REPLICA_FAILURE: Meaning(
+        False, True, "the Deployment cannot create pods (quota, Pod Security); it keeps trying"
+    ),
+    Reason.CRASH_LOOP_BACK_OFF: Meaning(
+        False, True, "a listener container keeps exiting; the kubelet keeps restarting it"
+    ),
+    Reason.IMAGE_PULL_BACK_OFF: Meaning(
+        False, True, "the listener image cannot be pulled; the kubelet keeps trying"
+    ),
+    Reason.BACKEND_UNREACHABLE: Meaning(
+        False, True, "the backend does not answer the operator's TCP probe yet"
+    ),
+    Reason.ADDRESS_PENDING: Meaning(
+        False, True, "the load balancer has not assigned the requested address yet"
+    ),
+    Reason.STARTING: Meaning(False, True, "listener pods are starting or rolling"),
+    Reason.STOPPED: Meaning(False, False, "stopped on purpose (Manual startup or state)"),
+}
+
+
+def stalled_reasons() -> frozenset[str]:
+    return frozenset(r for r, m in READY_FALSE.items() if m.stalled)
 
 
 def now() -> str:

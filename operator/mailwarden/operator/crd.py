@@ -27,6 +27,12 @@ from mailwarden.operator import models
 
 Schema = dict[str, Any]
 
+# Argo CD prunes (and deletes with its Application) whatever left the source, whatever Helm's
+# `helm.sh/resource-policy: keep` says; deleting a CRD deletes every MailService with it.
+# https://argo-cd.readthedocs.io/en/stable/user-guide/sync-options/ (Prune=false, Delete=false)
+ARGOCD_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"
+ARGOCD_KEEP = "Prune=false,Delete=false"
+
 # -- CEL rules ------------------------------------------------------------------------------
 # Each mirrors a check in models.py, with the same message where CEL can compute it; the tests
 # evaluate every one against the same examples as pydantic. Plain CEL only (no Kubernetes
@@ -321,6 +327,7 @@ def _crd(
         "metadata": {
             "name": f"{plural}.{models.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "mailwarden"},
+            "annotations": {ARGOCD_SYNC_OPTIONS: ARGOCD_KEEP},
         },
         "spec": {
             "group": models.GROUP,

@@ -33,6 +33,7 @@ from typing import Any
 import kopf
 
 from mailwarden.operator import conditions, groups, kube, models, naming, poll, reconcile
+from mailwarden.operator import pods as pods_mod
 from mailwarden.operator import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,16 @@ CHILD_LABELS: dict[str, Any] = {
     naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
     naming.LABEL_MAILSERVICE: kopf.PRESENT,
 }
+# Server-side: what the API server filters every list and watch of the child kinds by.
+MANAGED_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("", "v1", "pods"),
+)
+LIST_CHUNK = 500
 KOPF_PREFIX = f"kopf.{models.GROUP}"
 RESYNC_SECONDS = float(os.environ.get("MAILWARDEN_RESYNC_SECONDS", "300"))
 MAX_BACKOFF = 300.0
@@ -57,6 +68,7 @@ async def configure(
     memo: kopf.Memo,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     # Progress in annotations only: the status belongs to the resource's own schema. A prefix
@@ -68,14 +80,22 @@ async def configure(
     )
     settings.posting.level = logging.WARNING  # our own events say what happened
     settings.watching.server_timeout = 300
+    # Children and listener pods are filtered by the API server, not after kopf has listed
+    # and watched every object of the kind in the cluster (handler `labels=` filters are
+    # client-side). Initial lists come in pages.
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = MANAGED_SELECTOR
+    settings.watching.chunk_size = LIST_CHUNK
     settings.networking.request_timeout = 60
     if "ctx" not in memo:
         # `mailwarden operator` has read (and checked) the settings before kopf started.
         config = memo.get("settings") or settings_mod.Settings.from_env()
         memo.ctx = reconcile.Context(api=kube.Api.from_environment(), settings=config)
     memo.generations = {}
-    memo.resync = asyncio.create_task(_resync(memo.ctx, mailservices, ipaddressgroups))
-    memo.probing = asyncio.create_task(_probe_backends(memo.ctx, mailservices, ipaddressgroups))
+    memo.pod_waiting = {}
+    indices = (mailservices, ipaddressgroups, listener_pods)
+    memo.resync = asyncio.create_task(_resync(memo.ctx, *indices))
+    memo.probing = asyncio.create_task(_probe_backends(memo.ctx, *indices))
     memo.figures = asyncio.create_task(_poll_figures(memo.ctx, mailservices, ipaddressgroups))
 
 
@@ -102,6 +122,12 @@ def ipaddressgroups(namespace: str, name: str, body: kopf.Body, **_: Any) -> dic
     return {(namespace, name): _snapshot(body)}
 
 
+@kopf.index("", "v1", "pods", labels=CHILD_LABELS)
+def listener_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+    key = pods_mod.pod_key(namespace, labels)
+    return {key: pods_mod.summary(body)} if key is not None else None
+
+
 # -- MailService ----------------------------------------------------------------------------
 
 
@@ -114,9 +140,10 @@ async def mailservice(
     memo: kopf.Memo,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    world = reconcile.world_of(mailservices, ipaddressgroups)
+    world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
     try:
         await reconcile.mailservice(memo.ctx, _snapshot(body), world)
     except reconcile.InvalidSpec as exc:
@@ -132,6 +159,7 @@ async def mailservice_moved(
     memo: kopf.Memo,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     if type == "DELETED":
@@ -139,7 +167,7 @@ async def mailservice_moved(
         reconcile.forget_parsed((str(body.metadata.namespace), str(body.metadata.name)))
     if not _spec_changed(memo, "msvc", body, type):
         return
-    world = reconcile.world_of(mailservices, ipaddressgroups)
+    world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
     await _fan_out(memo.ctx, world, world.contenders(body))
 
 
@@ -155,11 +183,12 @@ async def ip_address_group(
     memo: kopf.Memo,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     if type == "DELETED":
         memo.ctx.forget("IPAddressGroup", (namespace, name))
-    world = reconcile.world_of(mailservices, ipaddressgroups)
+    world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
     # The group itself and every group nesting it resolve differently now.
     specs = world.group_specs(namespace)
     for key, group in world.groups.items():
@@ -184,6 +213,7 @@ async def child_changed(
     memo: kopf.Memo,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     if type is None:
@@ -192,7 +222,7 @@ async def child_changed(
         memo.ctx.forget_child(body)
     elif memo.ctx.already_seen(body):
         return  # the echo of a version a finished reconciliation already worked from
-    world = reconcile.world_of(mailservices, ipaddressgroups)
+    world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
     owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
     if owner is None:
         return
@@ -201,6 +231,34 @@ async def child_changed(
         # reached the index yet): nothing to put back.
         return
     await _quietly(reconcile.mailservice(memo.ctx, owner, world, unless_seen=body))
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
+async def pod_changed(
+    body: kopf.Body,
+    type: str | None,
+    namespace: str,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    mailservices: kopf.Index[Any, Any],
+    ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """A listener pod started or stopped waiting on something (CrashLoopBackOff,
+    ImagePullBackOff): its MailService's status says so. Other pod changes are not news."""
+    key = (namespace, str(body.metadata.name))
+    waiting: dict[tuple[str, str], frozenset[str]] = memo.pod_waiting
+    now = frozenset() if type == "DELETED" else pods_mod.waiting_reasons(body)
+    before = waiting.pop(key, frozenset())
+    if now:
+        waiting[key] = now
+    if now == before or type is None:
+        return  # nothing new; the initial listing is covered by the resume handlers
+    world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
+    owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
+    if owner is not None:
+        await _quietly(reconcile.mailservice(memo.ctx, owner, world))
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -274,6 +332,7 @@ async def _probe_backends(
     ctx: reconcile.Context,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
 ) -> None:
     """Bounded: at most PROBE_CONCURRENCY probes at once, each within the probe timeout, and
     one round at a time."""
@@ -288,7 +347,7 @@ async def _probe_backends(
 
     while True:
         await asyncio.sleep(period)
-        world = reconcile.world_of(mailservices, ipaddressgroups)
+        world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
         await asyncio.gather(*(one(key, world) for key in list(world.services)))
 
 
@@ -329,10 +388,11 @@ async def _resync(
     ctx: reconcile.Context,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
 ) -> None:
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
-        world = reconcile.world_of(mailservices, ipaddressgroups)
+        world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
         for group in world.groups.values():
             await _quietly(reconcile.ip_address_group(ctx, group, world))
         for msvc in world.services.values():

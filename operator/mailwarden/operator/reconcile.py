@@ -8,7 +8,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -29,6 +29,7 @@ from mailwarden.operator import (
     naming,
     probe,
 )
+from mailwarden.operator import pods as pods_mod
 from mailwarden.operator import settings as settings_mod
 from mailwarden.operator import status as status_mod
 
@@ -48,6 +49,11 @@ class World:
 
     services: Mapping[Key, Mapping[str, Any]]
     groups: Mapping[Key, Mapping[str, Any]]
+    # Listener pods, as summaries (pods.summary), by (namespace, what serves_key gives).
+    pods: Mapping[Key, Sequence[Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def pods_of(self, msvc: models.MailService) -> Sequence[Mapping[str, Any]]:
+        return self.pods.get(pods_mod.serving_key(msvc), ())
 
     def group_specs(self, namespace: str) -> dict[str, models.IPAddressGroupSpec]:
         out = {}
@@ -293,7 +299,7 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
     built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
     seen: dict[tuple[str, str, str], str] = {}
     try:
-        await _apply_children(ctx, body, msvc, built, lost, old_status, new_generation, seen)
+        await _apply_children(ctx, body, world, msvc, built, lost, old_status, new_generation, seen)
     except BaseException:
         # The next event of these children must reconcile again: this one did not finish.
         for key, version in seen.items():
@@ -305,6 +311,7 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
 async def _apply_children(
     ctx: Context,
     body: Mapping[str, Any],
+    world: World,
     msvc: models.MailService,
     built: children.Children,
     lost: dict[conflicts.Claim, conflicts.Claimant],
@@ -331,12 +338,24 @@ async def _apply_children(
         return alive[0]
 
     live_deployment: dict[str, Any] | None = None
+    # The first child the API server refused for good, and the first error worth retrying:
+    # the other children are still applied and the status is written either way.
+    failure: status_mod.ApplyFailure | None = None
+    retry: kube.ApiError | None = None
     for child in built.all:
         try:
             action, live = await apply.ensure(ctx.api, child, owner_alive)
         except apply.OwnerGone:
             logger.info("%s/%s is gone; not recreating its children", *_key(body))
             return
+        except kube.ApiError as exc:
+            name = child["metadata"]["name"]
+            if exc.retriable:
+                retry = retry or exc
+            elif failure is None:
+                failure = status_mod.ApplyFailure(child["kind"], name, exc.status, exc.message)
+            logger.warning("%s/%s: %s %s: %s", *_key(body), child["kind"], name, exc)
+            continue
         version = (live.get("metadata") or {}).get("resourceVersion")
         if version is not None:
             # At once, not at the end: the echo of a write usually arrives before the end.
@@ -373,10 +392,32 @@ async def _apply_children(
         await events.post(ctx.api, body, "Normal", "Deleted", f"deleted Service {name}")
 
     backend_error = await ctx.backend_error(_key(body), built)
-    facts = status_mod.facts(msvc, built, lost, live_deployment, backend_error=backend_error)
+    facts = status_mod.facts(
+        msvc,
+        built,
+        lost,
+        live_deployment,
+        backend_error=backend_error,
+        apply_failure=failure,
+        pods=world.pods_of(msvc),
+    )
     new = status_mod.mailservice(msvc, built, facts, old_status, timestamp=stamp)
     await ctx.write_status("MailService", path, _key(body), old_status, new)
     await _announce(ctx, body, built, old_status, new, new_generation)
+    if retry is not None:
+        raise retry  # 409, 429, 5xx, no answer: the caller retries with backoff
+    if failure is not None and failure.quota:
+        # Retried with backoff until quota frees up; other refusals wait for an edit (of the
+        # MailService, the policy or the RBAC) or the periodic resync: no hot loop.
+        raise kube.ApiError(failure.code, "Forbidden", failure.message)
+
+
+# Ready=False reasons worth a Warning event: all but the normal way to readiness and a stop.
+WARN_REASONS = frozenset(conditions.READY_FALSE) - {
+    conditions.Reason.STARTING,
+    conditions.Reason.STOPPED,
+    conditions.Reason.ADDRESS_PENDING,
+}
 
 
 async def _announce(
@@ -395,8 +436,8 @@ async def _announce(
         )
     old_ready = conditions.get(old.get("conditions") or [], "Ready") or {}
     ready = conditions.get(new["conditions"], "Ready") or {}
-    stalled = conditions.get(new["conditions"], "Stalled") or {}
-    if stalled.get("status") == "True" and old_ready.get("reason") != ready.get("reason"):
+    # One Warning per transition into a failure (not per reconciliation): a new Ready reason.
+    if ready.get("reason") in WARN_REASONS and old_ready.get("reason") != ready.get("reason"):
         await events.post(ctx.api, body, "Warning", str(ready["reason"]), str(ready["message"]))
     unreachable = conditions.Reason.BACKEND_UNREACHABLE
     if old_ready.get("reason") == unreachable and ready.get("reason") != unreachable:
@@ -507,10 +548,34 @@ async def write_figures(
         return True
 
 
-def world_of(services: Mapping[Key, Any], groups_: Mapping[Key, Any]) -> World:
+def world_of(
+    services: Mapping[Key, Any],
+    groups_: Mapping[Key, Any],
+    pods: Mapping[Key, Any] | None = None,
+) -> World:
     """A World reading kopf's indices (key -> store of bodies) live: a reconciliation that
     waited for its lock sees what is known when it runs, not when it was asked for."""
-    return World(services=_IndexView(services), groups=_IndexView(groups_))
+    return World(
+        services=_IndexView(services),
+        groups=_IndexView(groups_),
+        pods=_ListView(pods) if pods is not None else {},
+    )
+
+
+class _ListView(Mapping[Key, Sequence[Mapping[str, Any]]]):
+    """Every value of an index key (kopf keeps one per object), as a list."""
+
+    def __init__(self, index: Mapping[Key, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: Key) -> Sequence[Mapping[str, Any]]:
+        return list(self._index[key])
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._index))
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 class _IndexView(Mapping[Key, Mapping[str, Any]]):

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from mailwarden.operator import children, conflicts, groups, models, naming
+from mailwarden.operator import children, conditions, conflicts, groups, models, naming
 from mailwarden.operator.conditions import READY, RECONCILING, STALLED, Reason, set_condition
 
 State = Literal["Running", "Stopped", "Starting"]
@@ -32,6 +32,26 @@ class Facts:
     # not probed, as for a stopped service).
     backend: str = ""
     backend_error: str | None = None
+    # A child the API server refused (4xx other than 409/429), with its message.
+    apply_failure: ApplyFailure | None = None
+    # Failures the Deployment controller reports (ProgressDeadlineExceeded, ReplicaFailure)
+    # and what listener pods wait on (CrashLoopBackOff, ImagePullBackOff): reason -> message.
+    deployment_failures: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pod_failures: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyFailure:
+    kind: str
+    name: str
+    code: int
+    message: str
+
+    @property
+    def quota(self) -> bool:
+        # A ResourceQuota refusal (403 "exceeded quota") clears when quota frees up; the
+        # others need an edit of the spec, the policy or the RBAC.
+        return self.code == 403 and "exceeded quota" in self.message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +75,7 @@ def group_not_found(f: Facts) -> Verdict | None:
         Reason.GROUP_NOT_FOUND,
         f"IPAddressGroup {names} not found in this namespace; refusing every client until it "
         "exists",
-        stalled=True,
+        reconciling=True,
     )
 
 
@@ -76,8 +96,37 @@ def listen_conflict(f: Facts) -> Verdict | None:
     return Verdict(
         Reason.LISTEN_CONFLICT,
         f"not taking {conflicts.describe(dict(f.lost))}",
-        stalled=True,
+        reconciling=True,
     )
+
+
+def apply_failed(f: Facts) -> Verdict | None:
+    a = f.apply_failure
+    if a is None:
+        return None
+    return Verdict(
+        Reason.APPLY_FAILED,
+        f"the API server refused {a.kind} {a.name} ({a.code}): {a.message}",
+        stalled=not a.quota,
+        reconciling=a.quota,
+    )
+
+
+def deployment_failed(f: Facts) -> Verdict | None:
+    for reason in (Reason.PROGRESS_DEADLINE_EXCEEDED, Reason.REPLICA_FAILURE):
+        if reason in f.deployment_failures:
+            stalled = conditions.READY_FALSE[reason].stalled
+            return Verdict(
+                reason, f.deployment_failures[reason], stalled=stalled, reconciling=not stalled
+            )
+    return None
+
+
+def pods_failing(f: Facts) -> Verdict | None:
+    for reason in (Reason.IMAGE_PULL_BACK_OFF, Reason.CRASH_LOOP_BACK_OFF):
+        if reason in f.pod_failures:
+            return Verdict(reason, f.pod_failures[reason], reconciling=True)
+    return None
 
 
 def stopped(f: Facts) -> Verdict | None:
@@ -93,7 +142,7 @@ def backend_unreachable(f: Facts) -> Verdict | None:
         Reason.BACKEND_UNREACHABLE,
         f"backend {f.backend} unreachable: {f.backend_error}; sessions cannot be relayed until "
         "it answers",
-        stalled=True,
+        reconciling=True,
     )
 
 
@@ -116,7 +165,10 @@ CHECKS: tuple[Check, ...] = (
     group_not_found,
     group_cycle,
     listen_conflict,
+    apply_failed,
     stopped,
+    deployment_failed,
+    pods_failing,
     backend_unreachable,
     starting,
 )
@@ -145,6 +197,8 @@ def facts(
     deployment: Mapping[str, Any] | None,
     *,
     backend_error: str | None = None,
+    apply_failure: ApplyFailure | None = None,
+    pods: Sequence[Mapping[str, Any]] = (),
 ) -> Facts:
     replicas = int(built.deployment["spec"]["replicas"])
     dstatus: Mapping[str, Any] = (deployment or {}).get("status") or {}
@@ -166,7 +220,59 @@ def facts(
         ),
         backend=endpoint(built.rendered.service.backend.host, built.rendered.service.backend.port),
         backend_error=backend_error,
+        apply_failure=apply_failure,
+        deployment_failures=deployment_failures(deployment),
+        pod_failures=pod_failures(pods),
     )
+
+
+def deployment_failures(deployment: Mapping[str, Any] | None) -> dict[str, str]:
+    """The Deployment controller's failure conditions
+    (https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#failed-deployment):
+    Progressing=False with reason ProgressDeadlineExceeded, and ReplicaFailure=True."""
+    out = {}
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        kind, status, reason = cond.get("type"), cond.get("status"), cond.get("reason")
+        message = str(cond.get("message") or reason or kind)
+        if kind == "Progressing" and status == "False" and reason == "ProgressDeadlineExceeded":
+            out[Reason.PROGRESS_DEADLINE_EXCEEDED] = message
+        elif kind == "ReplicaFailure" and status == "True":
+            out[Reason.REPLICA_FAILURE] = f"{reason}: {message}" if reason else message
+    return out
+
+
+# What a container waits on (pod status containerStatuses[].state.waiting.reason) and the
+# reason the MailService reports for it. ErrImagePull comes before the first back-off.
+WAITING = {
+    "CrashLoopBackOff": Reason.CRASH_LOOP_BACK_OFF,
+    "ImagePullBackOff": Reason.IMAGE_PULL_BACK_OFF,
+    "ErrImagePull": Reason.IMAGE_PULL_BACK_OFF,
+    "InvalidImageName": Reason.IMAGE_PULL_BACK_OFF,
+}
+
+
+def pod_failures(pods: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """reason -> a message naming the first pod and container waiting on it."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for c in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            waiting = (c.get("state") or {}).get("waiting") or {}
+            reason = WAITING.get(str(waiting.get("reason")))
+            if reason is None or reason in out:
+                continue
+            detail = str(waiting.get("message") or waiting.get("reason"))
+            out[reason] = (
+                f"pod {meta.get('name')} container {c.get('name')}: {waiting.get('reason')}: "
+                f"{detail}"
+            )[:1024]
+    return out
 
 
 def mailservice(
@@ -193,7 +299,8 @@ def mailservice(
         conds,
         RECONCILING,
         "True" if reconciling else "False",
-        Reason.PROGRESSING if reconciling else Reason.RECONCILED,
+        # kstatus: the Reconciling reason says what it waits for.
+        v.reason if (v is not None and reconciling) else Reason.RECONCILED,
         v.message if (v is not None and reconciling) else "the children match the spec",
         gen,
         timestamp=timestamp,
@@ -281,20 +388,30 @@ def ip_address_group(
     else:
         reason, message = Reason.RESOLVED, f"{len(resolution.cidrs)} networks"
     ok = reason == Reason.RESOLVED
+    # A missing nested group can appear by itself (applied together with this one); a cycle
+    # needs an edit.
+    stalled = reason == Reason.GROUP_CYCLE
+    waiting = reason == Reason.GROUP_NOT_FOUND
     conds = set_condition(
         conds, READY, "True" if ok else "False", reason, message, generation, timestamp=timestamp
     )
     conds = set_condition(
         conds,
         STALLED,
-        "False" if ok else "True",
-        Reason.RESOLVED if ok else reason,
+        "True" if stalled else "False",
+        reason if stalled else Reason.RESOLVED,
         message,
         generation,
         timestamp=timestamp,
     )
     conds = set_condition(
-        conds, RECONCILING, "False", Reason.RESOLVED, "resolved", generation, timestamp=timestamp
+        conds,
+        RECONCILING,
+        "True" if waiting else "False",
+        reason if waiting else Reason.RESOLVED,
+        message if waiting else "resolved",
+        generation,
+        timestamp=timestamp,
     )
     return {
         "observedGeneration": generation,

@@ -132,11 +132,12 @@ app.kubernetes.io/managed-by: mailwarden-operator
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch]
-# Listener pods: a configuration change annotates them so that the kubelet refreshes the
-# mounted ConfigMap at once (nothing restarts).
+# Listener pods (by label, server-side): why their containers wait (CrashLoopBackOff,
+# ImagePullBackOff) reaches the MailService's status; a configuration change annotates them
+# so that the kubelet refreshes the mounted ConfigMap at once (nothing restarts).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

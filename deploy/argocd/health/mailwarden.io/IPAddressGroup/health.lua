@@ -1,10 +1,11 @@
 -- Argo CD health of a mailwarden.io IPAddressGroup, from its status conditions and
 -- observedGeneration.
---   Degraded:    Stalled=True, or Ready=False (a nested group that does not exist, a cycle
+--   Degraded:    Stalled=True, or Ready=False without Reconciling=True (a cycle
 --                of nested groups, an item that is not an address): services that use the
 --                group refuse everyone until it is fixed.
 --   Healthy:     Ready=True for the current generation.
---   Progressing: anything else (not yet observed, reconciling).
+--   Progressing: anything else (not yet observed; a nested group that does not exist yet:
+--                Reconciling=True, it may be applied with this one).
 -- Lua 5.1 subset (Argo CD runs gopher-lua).
 local hs = {}
 

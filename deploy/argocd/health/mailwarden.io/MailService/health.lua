@@ -1,21 +1,26 @@
 -- Argo CD health of a mailwarden.io MailService, from its status conditions (Ready,
--- Reconciling, Stalled: kstatus conventions) and observedGeneration.
---   Degraded:    Stalled=True, or Ready=False for a reason that needs a fix in the spec or in
---                the cluster (unknown group, listen conflict, unreachable backend, ...).
+-- Reconciling, Stalled: kstatus conventions,
+-- https://github.com/kubernetes-sigs/cli-utils/blob/master/pkg/kstatus/README.md) and
+-- observedGeneration.
+--   Degraded:    Stalled=True: nothing changes until someone edits something (invalid spec,
+--                a group cycle, a child the API server refuses, a rollout past its deadline);
+--                also Ready=False for such a reason in a status without Stalled/Reconciling.
 --   Suspended:   a Manual service that is stopped (Ready=False, reason Stopped): it is where
 --                its administrator wants it, like a suspended CronJob, and starts with
 --                kubectl annotate msvc NAME mailwarden.io/state=Running.
 --   Healthy:     Ready=True for the current generation.
---   Progressing: anything else (not yet observed, reconciling, starting).
+--   Progressing: anything else: not yet observed, starting, or waiting for something that
+--                clears by itself (Reconciling=True: the backend, a group, a held address,
+--                pods in back-off). Applied together with its backend or its group, a
+--                MailService must not fail the sync.
 -- Lua 5.1 subset (Argo CD runs gopher-lua).
 local hs = {}
--- The operator's Ready=False reasons that need an administrator (conditions.Reason).
+-- The operator's Ready=False reasons that set Stalled=True (conditions.READY_FALSE).
 local FAILURES = {
   InvalidSpec = true,
-  IPAddressGroupNotFound = true,
   IPAddressGroupCycle = true,
-  ListenConflict = true,
-  BackendUnreachable = true,
+  ApplyFailed = true,
+  ProgressDeadlineExceeded = true,
 }
 
 local function describe(c, fallback)
@@ -69,16 +74,16 @@ if ready ~= nil and ready.status == "False" and ready.reason == "Stopped" then
   return hs
 end
 
-if ready ~= nil and ready.status == "False" and ready.reason ~= nil and FAILURES[ready.reason] then
-  hs.status = "Degraded"
-  hs.message = describe(ready, "NotReady")
-  return hs
-end
-
 local reconciling = conditions["Reconciling"]
 if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
   hs.message = describe(reconciling, "Reconciling")
+  return hs
+end
+
+if ready ~= nil and ready.status == "False" and ready.reason ~= nil and FAILURES[ready.reason] then
+  hs.status = "Degraded"
+  hs.message = describe(ready, "NotReady")
   return hs
 end
 

@@ -1,0 +1,5 @@
+import sys
+
+from mailwarden.listener import cli
+
+sys.exit(cli.main())

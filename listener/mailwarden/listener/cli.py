@@ -1,0 +1,44 @@
+"""`mailwarden-listener --config FILE`: what a listener pod runs (also `python -m
+mailwarden.listener`, and `mailwarden listener` in the full command). It lives in the listener
+package so that the listener image carries the listener and nothing of the operator
+(docs/decisions/0002-listener-entry-point.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+
+from mailwarden.listener import config
+from mailwarden.listener import main as listener_main
+
+
+def command(path: pathlib.Path, *, prog: str = "mailwarden-listener") -> int:
+    """Run the listener from its configuration file until it is told to stop. A file that
+    does not load is refused before anything binds: exit status 2 and a message naming it."""
+    try:
+        config.load(path)
+    except config.ConfigError as exc:
+        print(f"{prog}: {path}: {exc}", file=sys.stderr)
+        return 2
+    except config.ConfigUnreadable as exc:
+        # Out of descriptors or memory: the file may be fine; not "a bad setting".
+        print(f"{prog}: cannot read the configuration: {exc}", file=sys.stderr)
+        return 1
+    return listener_main.run(listener_main.FileSource(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mailwarden-listener",
+        description="Run a mailwarden listener from its rendered configuration file.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--config", required=True, type=pathlib.Path, help="configuration file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return command(args.config)

@@ -1,0 +1,60 @@
+"""Listener pods as the operator sees them: only what the status needs (why containers wait),
+kept small because the operator holds one summary per listener pod in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mailwarden.operator import models, naming
+
+Key = tuple[str, str]
+
+
+def serving_key(msvc: models.MailService) -> Key:
+    """The index key of the pods serving a MailService: (namespace, the value of the pod label
+    that names them). Today each MailService has its own pods."""
+    return (msvc.metadata.namespace, msvc.metadata.name)
+
+
+def pod_key(namespace: str, labels: Mapping[str, str]) -> Key | None:
+    """The index key of a listener pod, from its labels (None: not a listener pod)."""
+    owner = labels.get(naming.LABEL_MAILSERVICE)
+    return (namespace, owner) if owner else None
+
+
+def summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod reduced to its name and its containers' waiting states."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    containers = [
+        {
+            "name": c.get("name"),
+            "state": {"waiting": dict((c.get("state") or {}).get("waiting") or {})},
+        }
+        for c in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]
+        if (c.get("state") or {}).get("waiting")
+    ]
+    out: dict[str, Any] = {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "status": {"containerStatuses": containers},
+    }
+    if meta.get("deletionTimestamp"):
+        out["metadata"]["deletionTimestamp"] = meta["deletionTimestamp"]
+    return out
+
+
+def waiting_reasons(body: Mapping[str, Any]) -> frozenset[str]:
+    """Why the pod's containers wait (the part whose change needs a reconciliation)."""
+    status = body.get("status") or {}
+    return frozenset(
+        str(((c.get("state") or {}).get("waiting") or {}).get("reason"))
+        for c in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]
+        if (c.get("state") or {}).get("waiting")
+    )
