@@ -12,7 +12,12 @@ measures:
   per reconciliation (the operator's own reconcile counter, from its metrics port);
 - quiet: after each phase, how long until the operator stops sending requests, and the rate
   in a window after that (a self-triggered loop would keep it up);
-- operator RSS from /proc (current and peak).
+- operator RSS from /proc (current and peak);
+- live figures: one listener pod per MailService (Pod objects in the emulator whose
+  addresses are served by a tiny fake `GET /status` in this process, not real listeners),
+  then a window with the figures constant (the operator must poll without writing) and one
+  with every pod's figures changing on every poll (a write per MailService per round):
+  /status requests, API requests, status writes and operator CPU, per minute.
 
     python -m bench.operator_scale            # 1,000 MailServices, 20 namespaces, 50 groups
     python -m bench.operator_scale --smoke    # 20 MailServices, 2 namespaces, 3 groups
@@ -25,6 +30,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -72,10 +78,24 @@ class Scale:
     # How many MailServices of the first namespace depend on its "shared" group.
     shared_users: int
     timeout: float
+    # Live figures: the operator's polling period and how long each figures window lasts.
+    figures_period: float = 15.0
+    figures_window: float = 60.0
 
 
 FULL = Scale(services=1000, namespaces=20, groups=50, shared_users=500, timeout=240.0)
-SMOKE = Scale(services=20, namespaces=2, groups=3, shared_users=10, timeout=60.0)
+SMOKE = Scale(
+    services=20,
+    namespaces=2,
+    groups=3,
+    shared_users=10,
+    timeout=60.0,
+    figures_period=2.0,
+    figures_window=8.0,
+)
+# The fake listener pods' addresses: 127.250.x.y, on the listeners' metrics port.
+POD_NET = 250
+LISTENER_METRICS_PORT = 9090
 
 
 # -- the emulator, counting what it serves -------------------------------------------------
@@ -95,8 +115,12 @@ class CountingEmulator(Emulator):
         if not agent.startswith(BENCH_AGENT) and request.resource is not None:
             verb = _verb(request)
             with self.count_lock:
-                self.counts[("operator", verb, str(request.resource.plural))] += 1
-                self.stamps.append(time.monotonic())
+                plural = str(request.resource.plural)
+                self.counts[("operator", verb, plural)] += 1
+                # The live figures list listener pods every round by design (measured in
+                # their own windows); "quiet" is about requests the operator feeds itself.
+                if (verb, plural) != ("list", "pods"):
+                    self.stamps.append(time.monotonic())
         return await super()._handle(request)
 
 
@@ -186,7 +210,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def operator_process(
-    url: str, workdir: pathlib.Path
+    url: str, workdir: pathlib.Path, figures_period: float = 15.0
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
@@ -209,6 +233,7 @@ def operator_process(
         # The generated backends do not exist: probing them would only report
         # BackendUnreachable, which is not what this benchmark measures.
         "MAILWARDEN_BACKEND_PROBE_SECONDS": "0",
+        "MAILWARDEN_FIGURES_SECONDS": f"{figures_period:g}",
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     log = (workdir / "operator.log").open("wb")
@@ -272,6 +297,7 @@ def _state(emulator: Emulator) -> dict[str, Any]:
     child kinds each MailService has."""
     ready: set[tuple[str | None, str]] = set()
     services: set[tuple[str | None, str]] = set()
+    figures = 0  # MailServices whose status shows the fake pods' figures
     kids: dict[tuple[str | None, str], set[str]] = collections.defaultdict(set)
     for (res, ns, name), obj in list(emulator._objects.items()):
         plural = str(res.plural)
@@ -283,6 +309,8 @@ def _state(emulator: Emulator) -> dict[str, Any]:
             services.add((ns, name))
             meta = raw.get("metadata", {})
             status = raw.get("status") or {}
+            if (status.get("connections") or {}).get("active") == 1:
+                figures += 1
             for cond in status.get("conditions") or []:
                 if (
                     cond.get("type") == "Ready"
@@ -295,7 +323,7 @@ def _state(emulator: Emulator) -> dict[str, Any]:
         if owner:
             kids[(ns, owner)].add(kind)
     complete = {k for k in services if kids.get(k, set()) >= set(CHILD_KINDS)}
-    return {"services": services, "ready": ready, "complete": complete}
+    return {"services": services, "ready": ready, "complete": complete, "figures": figures}
 
 
 async def _snapshot(emulator: Emulator) -> dict[str, Any]:
@@ -326,6 +354,127 @@ async def _carries(emulator: Emulator, users: list[str]) -> int:
         if NEW_CIDR in json.dumps(cm.get("data")) and NEW_CIDR in json.dumps(np.get("spec")):
             done += 1
     return done
+
+
+# -- listener pods that only answer /status -------------------------------------------------
+
+
+class FakeStatus:
+    """A tiny HTTP server answering `GET /status` on every fake pod's address, in its own
+    thread and event loop: what a listener pod would answer for its MailService, either the
+    same figures every time or figures that change on every request. A benchmark stand-in,
+    not a listener."""
+
+    def __init__(self, pods: dict[str, str]) -> None:
+        self.pods = pods  # address -> "namespace/name" of the MailService it serves
+        self.changing = False
+        self.requests = 0
+        self._tick = 0
+        self._loop = asyncio.new_event_loop()
+        self._servers: list[asyncio.Server] = []
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> FakeStatus:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._bind(), self._loop).result(60)
+        return self
+
+    async def _bind(self) -> None:
+        for ip in self.pods:
+            self._servers.append(
+                await self._loop.create_server(
+                    functools.partial(_StatusProtocol, self, ip), ip, LISTENER_METRICS_PORT
+                )
+            )
+
+    def answer(self, ip: str) -> bytes:
+        self.requests += 1
+        self._tick += 1
+        active = self._tick if self.changing else 1
+        doc = {
+            "observedAt": "2026-01-01T00:00:00Z",
+            "services": {
+                self.pods[ip]: {
+                    "active": active,
+                    "refusals": {"denied": 2, "overCap": 0, "overAddressCap": 0,
+                                 "rateLimited": 0, "banned": 0, "backendDown": 0},
+                    "bannedAddresses": 0,
+                }
+            },
+        }  # fmt: skip
+        body = json.dumps(doc).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for server in self._servers:
+                server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class _StatusProtocol(asyncio.Protocol):
+    def __init__(self, server: FakeStatus, ip: str) -> None:
+        self.server = server
+        self.ip = ip
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\r\n\r\n" in self.buf and self.transport is not None:
+            self.transport.write(self.server.answer(self.ip))
+            self.transport.close()
+
+
+def pod_address(i: int) -> str:
+    return f"127.{POD_NET}.{i // 250}.{i % 250 + 1}"
+
+
+def fake_pods(services: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One running listener pod per MailService, as the kubelet would report it."""
+    pods, served = [], {}
+    for i, msvc in enumerate(services):
+        ns, name = msvc["metadata"]["namespace"], msvc["metadata"]["name"]
+        ip = pod_address(i)
+        served[ip] = f"{ns}/{name}"
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{naming.base(name)}-0",
+                    "namespace": ns,
+                    "labels": naming.selector(name),
+                },
+                "spec": {"containers": [{"name": "listener", "image": "mailwarden-listener"}]},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+            }
+        )
+    return pods, served
+
+
+@dataclasses.dataclass
+class Window:
+    """What the live figures cost over a window of time, scaled to a minute."""
+
+    name: str
+    seconds: float
+    status_requests: int
+    requests: collections.Counter[tuple[str, str]]
+    operator_cpu_s: float
+
+    def per_minute(self, n: float) -> float:
+        return n * 60.0 / self.seconds
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -361,6 +510,7 @@ class Result:
     rss_steady: float
     rss_peak: float
     log_lines: int
+    figures: list[Window] = dataclasses.field(default_factory=list)
 
 
 class Run:
@@ -414,8 +564,15 @@ async def _create_all(url: str, objs: list[dict[str, Any]], concurrency: int = 8
             while not queue.empty():
                 obj = queue.get_nowait()
                 ns = obj["metadata"]["namespace"]
-                plural = "mailservices" if obj["kind"] == "MailService" else "ipaddressgroups"
-                r = await client.post(f"/apis/{MW}/namespaces/{ns}/{plural}", json=obj)
+                plural = {"MailService": "mailservices", "IPAddressGroup": "ipaddressgroups"}.get(
+                    obj["kind"]
+                )
+                path = (
+                    f"/apis/{MW}/namespaces/{ns}/{plural}"
+                    if plural
+                    else f"/api/v1/namespaces/{ns}/pods"
+                )
+                r = await client.post(path, json=obj)
                 if r.status_code >= 300:
                     raise RuntimeError(f"create {ns}/{obj['metadata']['name']}: {r.text}")
 
@@ -433,7 +590,10 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
     try:
         with (
             tempfile.TemporaryDirectory(prefix="opscale-") as tmp,
-            operator_process(et.url, pathlib.Path(tmp)) as (proc, metrics_port),
+            operator_process(et.url, pathlib.Path(tmp), scale.figures_period) as (
+                proc,
+                metrics_port,
+            ),
         ):
             r = Run(et)
             rss_idle, _ = rss_mib(proc.pid)
@@ -503,12 +663,57 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
             )
             fanout.operator_cpu_s = cpu_seconds(proc.pid) - cpu_op
             fanout.emulator_cpu_s = cpu_seconds(os.getpid()) - cpu_emu
+            windows = _figures_phases(scale, et, r, proc.pid, services, say)
             _, rss_peak = rss_mib(proc.pid)
             log_lines = len((pathlib.Path(tmp) / "operator.log").read_bytes().splitlines())
     finally:
         et.stop()
     return Result(scale, len(services), len(groups), len(users), steady, fanout,
-                  rss_idle, rss_steady, rss_peak, log_lines)  # fmt: skip
+                  rss_idle, rss_steady, rss_peak, log_lines, windows)  # fmt: skip
+
+
+def _figures_phases(
+    scale: Scale,
+    et: EmulatorThread,
+    r: Run,
+    pid: int,
+    services: list[dict[str, Any]],
+    say: Any,
+) -> list[Window]:
+    """One pod per MailService answering /status; after the first round has written every
+    MailService's figures, a window of constant figures, then one of changing figures."""
+    pods, served = fake_pods(services)
+    fake = FakeStatus(served).start()
+    try:
+        asyncio.run(_create_all(et.url, pods))
+        # The first rounds write each MailService's figures once; then it must go quiet.
+        deadline = time.monotonic() + scale.timeout
+        while time.monotonic() < deadline:
+            st = r.state()
+            if st["figures"] >= len(services):
+                break
+            time.sleep(1.0)
+        say(f"figures: {r.state()['figures']}/{len(services)} MailServices show them")
+        time.sleep(scale.figures_period)
+        windows = []
+        for changing in (False, True):
+            fake.changing = changing
+            base, asked, cpu = r.counts(), fake.requests, cpu_seconds(pid)
+            t = time.monotonic()
+            time.sleep(scale.figures_window)
+            windows.append(
+                Window(
+                    "figures changing" if changing else "figures constant",
+                    time.monotonic() - t,
+                    fake.requests - asked,
+                    r.counts() - base,
+                    cpu_seconds(pid) - cpu,
+                )
+            )
+            say(f"{windows[-1].name}: {windows[-1].status_requests} /status requests")
+        return windows
+    finally:
+        fake.stop()
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -558,6 +763,21 @@ def report(res: Result) -> str:
     row("operator RSS peak (VmHWM)", f"{res.rss_peak:.0f} MiB", "< 250 MiB",
         res.rss_peak < TARGETS["rss_mib"] if full else None)  # fmt: skip
     row("operator log lines", str(res.log_lines))
+    if res.figures:
+        lines += [
+            "",
+            f"live figures, every {s.figures_period:g} s, one pod per MailService, per minute "
+            f"over {s.figures_window:g} s (changing: new figures on every poll)",
+        ]
+    for w in res.figures:
+        writes = w.requests.get(("patch/status", "mailservices"), 0)
+        other = sum(w.requests.values()) - writes
+        row(f"{w.name}: GET /status", f"{w.per_minute(w.status_requests):.0f}")
+        row(f"{w.name}: API requests, not writes", f"{w.per_minute(other):.0f}")
+        row(f"{w.name}: status writes", f"{w.per_minute(writes):.0f}",
+            "0" if "constant" in w.name else "",
+            writes == 0 if "constant" in w.name else None)  # fmt: skip
+        row(f"{w.name}: operator CPU s", f"{w.per_minute(w.operator_cpu_s):.2f}")
     for ph in (res.steady, res.fanout):
         lines += ["", f"{ph.name}: requests by verb and resource"]
         for (verb, plural), n in sorted(ph.requests.items(), key=lambda kv: -kv[1]):

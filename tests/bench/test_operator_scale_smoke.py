@@ -24,5 +24,12 @@ def test_the_smoke_run_reaches_steady_state_fans_out_a_group_change_and_goes_qui
         assert phase.residual_rps < 1.0, phase
         assert phase.total > 0
     assert 0 < res.rss_steady <= res.rss_peak
+    # Live figures: every pod asked each round; constant figures are never written again,
+    # changing ones are.
+    constant, changing = res.figures
+    for window in (constant, changing):
+        assert window.status_requests >= res.services, window
+    assert constant.requests.get(("patch/status", "mailservices"), 0) == 0, constant
+    assert changing.requests.get(("patch/status", "mailservices"), 0) >= res.services, changing
     text = operator_scale.report(res)
     assert "requests by verb and resource" in text

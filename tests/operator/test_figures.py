@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mailwarden.operator import figures, naming, settings
+from mailwarden.operator import children, figures, models, naming, settings
 
 
 def answer(name: str = "mail/smtp", active: int = 1, **refusals: int) -> dict[str, Any]:
@@ -138,3 +138,34 @@ def test_polling_settings_are_read_and_bad_values_refused() -> None:
     ):
         with pytest.raises(settings.SettingsError, match=name):
             settings.Settings.from_env(env)
+
+
+def test_the_network_policy_admits_the_operator_to_the_metrics_port() -> None:
+    msvc = models.MailService.model_validate(
+        {
+            "metadata": {"name": "smtp", "namespace": "mail", "uid": "u"},
+            "spec": {"service": "SMTP", "backend": {"host": "postfix"}},
+        }
+    )
+    policy = children.build(
+        msvc, {}, settings=settings.Settings(operator_namespace="mailwarden-system")
+    ).network_policy
+    assert {
+        "from": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "mailwarden-system"}
+                },
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 9090}],
+    } in policy["spec"]["ingress"]
+    # Outside a cluster (no POD_NAMESPACE), or with the figures off: no such rule.
+    for quiet in (
+        settings.Settings(),
+        settings.Settings(operator_namespace="x", figures_seconds=0),
+    ):
+        rules = children.build(msvc, {}, settings=quiet).network_policy["spec"]["ingress"]
+        assert not any("podSelector" in f for r in rules for f in r.get("from", [])), rules
+    assert settings.Settings.from_env({"POD_NAMESPACE": "ops"}).operator_namespace == "ops"

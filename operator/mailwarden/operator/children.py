@@ -380,6 +380,23 @@ def network_policy(
             "ports": [{"protocol": "TCP", "port": settings.metrics_port}],
         }
     )
+    if settings.operator_namespace and settings.figures_seconds > 0:
+        # The operator reads the live figures (GET /status) on the metrics port.
+        ingress.append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {
+                                "kubernetes.io/metadata.name": settings.operator_namespace
+                            }
+                        },
+                        "podSelector": {"matchLabels": {naming.LABEL_COMPONENT: "operator"}},
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": settings.metrics_port}],
+            }
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -515,6 +515,8 @@ async def write_figures(
         if meta.get("deletionTimestamp"):
             return False
         old = ctx.old_status("MailService", body)
+        if outcome.pods == 0 and old.get("connections") is None:
+            return False  # no pods yet and nothing said before: nothing to say
         new_connections = figures.connections(outcome, observed_at)
         status, reason, message = figures.condition(outcome)
         old_conditions = list(old.get("conditions") or [])

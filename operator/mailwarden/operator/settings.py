@@ -189,6 +189,9 @@ class Settings:
     figures_seconds: float = 15.0
     figures_timeout: float = 2.0
     figures_concurrency: int = 32
+    # Where the operator runs (POD_NAMESPACE, from the chart): listener pods' NetworkPolicy
+    # admits its pods to the metrics port. Empty outside a cluster: no such rule.
+    operator_namespace: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -243,6 +246,7 @@ class Settings:
             figures_seconds=figures_every,
             figures_timeout=figures_timeout,
             figures_concurrency=int(concurrency),
+            operator_namespace=env.get("POD_NAMESPACE", ""),
         )
 
 
