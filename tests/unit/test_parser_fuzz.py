@@ -132,15 +132,14 @@ def _gate_by_the_rfc(data: bytes) -> tuple[bytes, bytes]:
     return bytes(to_client), bytes(to_backend)
 
 
+VERBS = [b"capabilities", b"MODE", b"AuthInfo", b"QUIT", b"STARTTLS", b"GROUP", b"X", b"DATE"]
+VERBS += [b"QUITX", b"HELP\x00", b""]
 rfc_lines = st.lists(
     st.one_of(
         st.builds(
             lambda pre, verb, post, end: pre + verb + post + end,
             st.sampled_from([b"", b" ", b"\t", b"\x0b"]),
-            st.sampled_from(
-                [b"capabilities", b"MODE", b"AuthInfo", b"QUIT", b"STARTTLS", b"GROUP", b"X"]
-                + [b"QUITX", b"HELP\x00", b"DATE", b""]
-            ),
+            st.sampled_from(VERBS),
             st.sampled_from([b"", b" x", b"\r", b" \r"]),
             st.sampled_from([b"\n", b"\r\n"]),
         ),
