@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -59,7 +58,6 @@ CHILD_RESOURCES = (
 )
 LIST_CHUNK = 500
 KOPF_PREFIX = f"kopf.{models.GROUP}"
-RESYNC_SECONDS = float(os.environ.get("MAILWARDEN_RESYNC_SECONDS", "300"))
 MAX_BACKOFF = 300.0
 
 
@@ -281,15 +279,15 @@ async def pod_changed(
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
     # Bodies are live views that kopf updates; the world must hold stable copies.
-    snapshot: dict[str, Any] = _plain(body)
+    snapshot: dict[str, Any] = _deep_copy(body)
     return snapshot
 
 
-def _plain(value: Any) -> Any:
+def _deep_copy(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _deep_copy(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_deep_copy(v) for v in value]
     return value
 
 
@@ -316,7 +314,7 @@ def _spec_changed(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None)
     if type == "DELETED":
         seen.pop(key, None)
         return True
-    generation = (body.metadata.get("generation"), _plain(dict(body.metadata.annotations)))
+    generation = (body.metadata.get("generation"), _deep_copy(dict(body.metadata.annotations)))
     if seen.get(key) == generation:
         return False
     seen[key] = generation
@@ -409,7 +407,7 @@ async def _resync(
     listener_pods: kopf.Index[Any, Any],
 ) -> None:
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.sleep(ctx.settings.resync_seconds)
         world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
         for group in world.groups.values():
             await _quietly(reconcile.ip_address_group(ctx, group, world))

@@ -34,7 +34,10 @@ ANNOTATION_CONFIG_HASH = f"{models.GROUP}/config-hash"
 
 CONFIG_DIR = "/etc/mailwarden/config"
 CONFIG_FILE = "listener.yaml"
+# Where a listener pod mounts its TLS Secret (cert-manager layout: tls.crt, tls.key).
 TLS_DIR = "/etc/mailwarden/tls"
+# The listener's own default, which pods, probes, NetworkPolicies and PodMonitors follow.
+METRICS_PORT = models.METRICS_PORT
 CONTAINER = "listener"
 
 _MAX = 63
