@@ -46,7 +46,7 @@ RATE_WINDOW = 60.0  # connectionsPerMinute
 
 
 class Verdict(enum.Enum):
-    ADMITTED = "accepted"
+    ACCEPTED = "accepted"  # the metrics outcome of an admitted connection (C2)
     RATE_LIMITED = "rate_limited"
     BANNED = "banned"
 
@@ -295,7 +295,7 @@ class Guard:
         it may not. An admitted connection counts towards the rate limit."""
         policy = self.policy
         if address in policy.exempt:
-            return Verdict.ADMITTED, 0.0
+            return Verdict.ACCEPTED, 0.0
         if policy.after_failures:
             key = address_key(address, name, policy.ban_ipv6_prefix)
             left = self.bans.remaining(key, now)
@@ -306,7 +306,7 @@ class Guard:
             wait = self.rates.admit(key, now)
             if wait:
                 return Verdict.RATE_LIMITED, wait
-        return Verdict.ADMITTED, 0.0
+        return Verdict.ACCEPTED, 0.0
 
     def failure(self, address: IPAddress, name: str, now: float) -> Ban | None:
         """A refusal or a failed login from `address`; the ban it starts, if it does."""
