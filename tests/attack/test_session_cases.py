@@ -107,6 +107,34 @@ def figure(what: str, value: float, unit: str) -> None:
 
 
 @pytest.mark.timeout(90)
+def test_a_reader_that_sends_16_mib_of_commands_and_never_reads_the_480s_is_paused(
+    misbehaving_backend, listener_process
+):
+    """16 MiB of `X` commands at the NNTP gate from a client that never reads its 480
+    replies. Bound: the listener's RSS grows by less than 30 MiB, because it stops reading
+    the client once the replies it owes are over the transport's high-water mark (the
+    client's sending stalls). Starting code: 220 MiB of queued replies (issue 12 point 2)."""
+    b = misbehaving_backend(Behaviour.NNTP)
+    lp = listener_process(service("attack/nntp", kind="NNTP", backend_port=b.port))
+    rss = lp.rss_mib()
+    with small_buffers(socket.socket()) as s:
+        s.connect(("127.0.0.1", lp.port()))
+        assert recv_until(s, b"\r\n").startswith(NNTP_GREETING)
+        sent = blast(s, b"X\r\n" * 21846, 16 << 20, seconds=40)
+        grown = lp.rss_mib() - rss
+        figure("RSS growth, 16 MiB of commands unread", grown, "MiB")
+        figure("bytes the listener took", sent / (1 << 20), "MiB")
+        assert grown < 30, f"RSS grew {grown:.1f} MiB after {sent} bytes of commands"
+        assert sent < 16 << 20, "the listener read every byte: it was never paused"
+        # The client reads now: it gets 480s, in order, and the listener is reading again.
+        got = recv_until(s, AUTH_REQUIRED * 4, timeout=5)
+        assert got.startswith(AUTH_REQUIRED)
+    assert lp.wait_metric(ACTIVE, 0, service="attack/nntp") == 0
+    with connect(lp.port()) as s:
+        assert recv_until(s, b"\r\n").startswith(NNTP_GREETING)
+
+
+@pytest.mark.timeout(90)
 def test_commands_sent_to_the_nntp_gate_before_a_slow_greeting_are_bounded(
     misbehaving_backend, listener_process
 ):
