@@ -4,18 +4,22 @@ docstring says the bound the listener holds to and what the starting code did.""
 
 from __future__ import annotations
 
+import os
+import pathlib
 import socket
 import ssl
 import time
 
 import msgspec
 import pytest
+import yaml
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import proxyproto
 from tests.support import certs, wire
 from tests.support.attack import (
     Deadline,
+    _without_defaults,
     close_all,
     connect,
     open_clients,
@@ -96,6 +100,15 @@ def client_hello() -> bytes:
 
 def reset(s: socket.socket) -> None:
     close_all([s], reset=True)
+
+
+def write_config(path: pathlib.Path, cfg: lc.ListenerConfig) -> None:
+    """Write a new configuration for a running listener, as the harness wrote its first one
+    (only what differs from the defaults when the suite attacks another checkout)."""
+    if os.environ.get("MAILWARDEN_ATTACK_SOURCE"):
+        path.write_text(yaml.safe_dump(_without_defaults(lc.to_data(cfg)), sort_keys=False))
+    else:
+        path.write_text(lc.dumps(cfg))
 
 
 def figure(what: str, value: float, unit: str) -> None:
@@ -470,7 +483,7 @@ def test_sessions_held_across_a_reload_that_recreates_their_service_count_agains
                 metrics=lc.Metrics(address="127.0.0.1", port=lp.metrics_port),
                 drain_seconds=2.0,
             )
-            lp.config_path.write_text(lc.dumps(cfg))
+            write_config(lp.config_path, cfg)
             assert lp.wait_metric(RELOADS, before + 1, result="success") == before + 1
 
         reload(other)
