@@ -13,13 +13,15 @@ a dotted path (`services.0.listen.0.port`).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import pathlib
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-import yaml
+import msgspec.json
 
 from mailwarden.listener import catalogue
 
@@ -185,9 +187,14 @@ class ServiceConfig(_Model, frozen=True, kw_only=True):
             seen.add(key)
 
 
+# The listener's metrics, /healthz, /readyz and /status port: the one value the operator's
+# pods, Services, NetworkPolicies and the image all use (mailwarden.operator.naming).
+METRICS_PORT = 9090
+
+
 class Metrics(_Model, frozen=True, kw_only=True):
     address: str | None = None
-    port: Port = 9090
+    port: Port = METRICS_PORT
 
 
 class ListenerConfig(_Model, frozen=True, kw_only=True):
@@ -219,14 +226,20 @@ class ListenerConfig(_Model, frozen=True, kw_only=True):
                 owners[key] = svc.name
 
 
-# libyaml's emitter writes the same text as the pure-Python one, about four times faster; the
-# operator renders a configuration on every reconciliation.
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
+
+
+class ConfigUnreadable(OSError):
+    """The file could not be read for a reason of this process, not of the file: it is out
+    of file descriptors or memory. Not a broken configuration; try again later."""
+
+
+# Kubernetes caps a ConfigMap (all its keys together) at 1 MiB; a listener configuration is
+# one key of one. A larger file is not one the operator wrote, and is refused unread.
+MAX_BYTES = 1024 * 1024
+# errno values that say the process, not the file, is short of something.
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 def parse(data: Any) -> ListenerConfig:
@@ -243,18 +256,56 @@ def build(cls: type[M], data: Any) -> M:
 
 
 def loads(text: str) -> ListenerConfig:
-    try:
-        data = yaml.load(text, Loader=_Loader)  # a safe loader, C or Python
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not YAML: {exc}") from None
-    return parse(data if data is not None else {})
+    """A configuration from its text: JSON (what the operator renders for pods) or YAML.
+
+    It must say `services:`: an empty file, or one cut before its services, is a broken file
+    (the last good configuration stays), not a listener with no services; no services at
+    all is said `services: []`."""
+    if text.lstrip().startswith("{"):
+        try:
+            data = msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"not JSON: {exc}") from None
+    else:
+        # Imported here: a pod's file is JSON, and PyYAML costs a pod about 1.4 MiB of RSS.
+        import yaml
+
+        try:
+            data = yaml.load(text, Loader=_yaml_loader())  # a safe loader, C or Python
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not YAML: {exc}") from None
+    if data is None:
+        raise ConfigError("empty file (a configuration without services says `services: []`)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"(top): expected a mapping, not {type(data).__name__}")
+    if "services" not in data:
+        raise ConfigError(
+            "services: missing (a file cut short?); a configuration without services says "
+            "`services: []`"
+        )
+    return parse(data)
 
 
 def load(path: pathlib.Path) -> ListenerConfig:
+    """Read and check a configuration file of at most MAX_BYTES. Raises ConfigError for a
+    file that cannot be used and ConfigUnreadable when the process cannot read it now."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     except OSError as exc:
+        if exc.errno in EXHAUSTED:
+            raise ConfigUnreadable(exc.errno, f"{path}: {exc.strerror}") from None
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    if size > MAX_BYTES or len(raw) > MAX_BYTES:
+        raise ConfigError(
+            f"{path}: {max(size, len(raw))} bytes, more than the {MAX_BYTES} a configuration "
+            "may have"
+        )
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return loads(text)
 
 
@@ -264,15 +315,37 @@ def to_data(config: ListenerConfig) -> dict[str, Any]:
     return data
 
 
-def dumps(config: ListenerConfig) -> str:
-    return str(yaml.dump(to_data(config), Dumper=_Dumper, sort_keys=False))
+def dumps(config: ListenerConfig, fmt: Literal["yaml", "json"] = "yaml") -> str:
+    """The configuration as text: YAML for people (`mailwarden listen --print-config`), JSON
+    for the listener pods the operator runs (they read it without a YAML parser). Both are
+    YAML, so either is read by `loads`."""
+    data = to_data(config)
+    if fmt == "json":
+        return msgspec.json.format(msgspec.json.encode(data), indent=2).decode() + "\n"
+    import yaml
+
+    return str(yaml.dump(data, Dumper=_yaml_dumper(), sort_keys=False))
+
+
+# libyaml's emitter and parser do the same as the pure-Python ones, about four times faster;
+# the operator renders a configuration on every reconciliation.
+def _yaml_loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _yaml_dumper() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _decode(type_: type, obj: Any) -> Any:
     # Paths come as text from a file, or as Path objects from code that builds a configuration.
     if type_ is pathlib.Path and isinstance(obj, str | pathlib.PurePath):
         return pathlib.Path(obj)
-    raise NotImplementedError
+    raise TypeError(f"Input should be a path, not {type(obj).__name__}")
 
 
 # msgspec's messages, said the way this project's errors always have been (the wording of

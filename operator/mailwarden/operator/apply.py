@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from kubernetes.utils import parse_quantity
+
 from mailwarden.operator import kube, naming
 
 Action = Literal["created", "updated", "unchanged"]
@@ -17,25 +19,56 @@ class OwnerGone(Exception):
     """The object the children are for went away while they were being applied."""
 
 
-def contains(live: Any, desired: Any) -> bool:
+class NotOurs(Exception):
+    """An object of the child's name exists and belongs to someone else: not touched."""
+
+
+# live, desired -> why the live object must not be changed, or None.
+Check = Callable[[Mapping[str, Any], Mapping[str, Any]], str | None]
+
+
+# Keys under which the API server keeps resource quantities: it stores them in canonical form
+# (`1024Mi` -> `1Gi`, `0.5` -> `500m`, `1000m` -> `1`), so they are compared by value, or
+# every reconciliation would patch them back.
+QUANTITY_KEYS = frozenset({"resources", "sizeLimit"})
+
+
+def contains(live: Any, desired: Any, *, quantities: bool = False) -> bool:
     if isinstance(desired, Mapping):
         return isinstance(live, Mapping) and all(
-            k in live and contains(live[k], v) for k, v in desired.items()
+            k in live and contains(live[k], v, quantities=quantities or k in QUANTITY_KEYS)
+            for k, v in desired.items()
         )
     if isinstance(desired, list):
         return (
             isinstance(live, list)
             and len(live) == len(desired)
-            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+            and all(
+                contains(a, b, quantities=quantities) for a, b in zip(live, desired, strict=True)
+            )
         )
-    return bool(live == desired)
+    if live == desired:
+        return True
+    return quantities and same_quantity(live, desired)
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    """Whether two resource quantities are equal in value (False if either is none)."""
+    try:
+        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, ArithmeticError):
+        return False
 
 
 async def ensure(
-    api: kube.Api, desired: Mapping[str, Any], owner_alive: Guard | None = None
+    api: kube.Api,
+    desired: Mapping[str, Any],
+    owner_alive: Guard | None = None,
+    guard: Check | None = None,
 ) -> tuple[Action, dict[str, Any]]:
     """owner_alive is asked before creating: a child found missing may be the garbage
-    collector's work after its owner was deleted, which the caller may not know yet."""
+    collector's work after its owner was deleted, which the caller may not know yet. guard
+    is asked before changing an object that exists; NotOurs when it objects."""
     path = kube.path_of(desired)
     live = await api.get(path)
     if live is None:
@@ -44,6 +77,8 @@ async def ensure(
         meta = desired["metadata"]
         coll = kube.collection(desired["apiVersion"], desired["kind"], meta.get("namespace"))
         return "created", await api.create(coll, desired)
+    if guard is not None and (why := guard(live, desired)):
+        raise NotOurs(why)
     if contains(live, desired):
         return "unchanged", live
     # A merge patch of the whole manifest: lists are replaced, so hand-added containers,

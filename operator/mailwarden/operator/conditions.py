@@ -14,6 +14,9 @@ Status = Literal["True", "False", "Unknown"]
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+# Not a kstatus condition: True while the spec asks for something that cannot work as
+# written (the reason names what).
+WARNING = "Warning"
 
 
 class Condition(TypedDict):
@@ -32,6 +35,8 @@ class Reason:
     GROUP_NOT_FOUND = "IPAddressGroupNotFound"
     GROUP_CYCLE = "IPAddressGroupCycle"
     LISTEN_CONFLICT = "ListenConflict"
+    # A child's name is taken by an object another owner controls.
+    OWNED_ELSEWHERE = "OwnedElsewhere"
     APPLY_FAILED = "ApplyFailed"
     STOPPED = "Stopped"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
@@ -41,6 +46,8 @@ class Reason:
     BACKEND_UNREACHABLE = "BackendUnreachable"
     ADDRESS_PENDING = "AddressPending"
     STARTING = "Starting"
+    # Warnings (Warning condition and Events).
+    CLIENT_ADDRESS_LOST = "ClientAddressLost"
     RUNNING = "Running"
     RESOLVED = "Resolved"
     RECONCILED = "Reconciled"
@@ -76,6 +83,12 @@ READY_FALSE: dict[str, Meaning] = {
         "or an admission policy); its message is in the condition. Reconciling=True instead "
         "for a ResourceQuota refusal, retried with backoff until quota frees",
     ),
+    Reason.OWNED_ELSEWHERE: Meaning(
+        True,
+        False,
+        "a child's name is taken by an object that is not the operator's, or that another "
+        "owner controls; the operator leaves it alone until someone removes or renames it",
+    ),
     Reason.PROGRESS_DEADLINE_EXCEEDED: Meaning(
         True,
         False,
@@ -101,7 +114,10 @@ READY_FALSE: dict[str, Meaning] = {
         False, True, "the backend does not answer the operator's TCP probe yet"
     ),
     Reason.ADDRESS_PENDING: Meaning(
-        False, True, "the load balancer has not assigned the requested address yet"
+        False,
+        True,
+        "the Service has not got its address yet: the requested one is not in "
+        "status.loadBalancer.ingress (no node port, no cluster IP for the other types)",
     ),
     Reason.STARTING: Meaning(False, True, "listener pods are starting or rolling"),
     Reason.STOPPED: Meaning(False, False, "stopped on purpose (Manual startup or state)"),
@@ -163,6 +179,62 @@ def set_condition(
             )
         )
     return out
+
+
+def set_kstatus(
+    conditions: Sequence[Mapping[str, Any]],
+    generation: int,
+    *,
+    ready: tuple[str, str] | None,
+    blocked: tuple[str, str] | None = None,
+    stalled: bool | None = None,
+    reconciling: bool | None = None,
+    reconciled: tuple[str, str],
+    not_stalled: tuple[str, str],
+    timestamp: str | None = None,
+) -> list[Condition]:
+    """Ready, Reconciling and Stalled, written together from one verdict (the kstatus
+    triple; one place, so the three never disagree).
+
+    ready: (reason, message) when Ready is True; otherwise None and `blocked` is the
+    (reason, message) of Ready=False, whose kstatus meaning comes from READY_FALSE unless
+    `stalled`/`reconciling` say otherwise. A Reconciling or Stalled condition that is True
+    carries the blocking reason and message; one that is False carries `reconciled` or
+    `not_stalled`: what it rests on."""
+    if ready is not None:
+        status: Status = "True"
+        reason, message = ready
+        is_stalled = is_reconciling = False
+    else:
+        assert blocked is not None, "a Ready=False verdict needs its reason and message"
+        status = "False"
+        reason, message = blocked
+        meaning = READY_FALSE.get(reason, Meaning(False, False, ""))
+        is_stalled = meaning.stalled if stalled is None else stalled
+        is_reconciling = meaning.reconciling if reconciling is None else reconciling
+    conds = set_condition(
+        conditions, READY, status, reason, message, generation, timestamp=timestamp
+    )
+    r_reason, r_message = (reason, message) if is_reconciling else reconciled
+    conds = set_condition(
+        conds,
+        RECONCILING,
+        "True" if is_reconciling else "False",
+        r_reason,
+        r_message,
+        generation,
+        timestamp=timestamp,
+    )
+    s_reason, s_message = (reason, message) if is_stalled else not_stalled
+    return set_condition(
+        conds,
+        STALLED,
+        "True" if is_stalled else "False",
+        s_reason,
+        s_message,
+        generation,
+        timestamp=timestamp,
+    )
 
 
 def get(conditions: Sequence[Mapping[str, Any]], type: str) -> Mapping[str, Any] | None:

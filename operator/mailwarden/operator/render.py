@@ -9,11 +9,7 @@ import pathlib
 from collections.abc import Mapping
 
 from mailwarden.listener import config as lc
-from mailwarden.operator import groups, models
-
-# Where the pod mounts the TLS Secret (cert-manager layout).
-TLS_MOUNT = pathlib.Path("/etc/mailwarden/tls")
-METRICS_PORT = 9090
+from mailwarden.operator import groups, models, naming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +38,15 @@ def service_config(
     *,
     bind_addresses: bool,
     tls_dir: pathlib.Path | None = None,
+    replicas: int | None = None,
 ) -> Rendered:
     """Render one MailService.
 
     bind_addresses: True on a host (`mailwarden listen`), where the listener binds the
     addresses itself; False in a pod, where the Service owns the address and the pod listens
     on every address of its own.
+    replicas: the pods the service-wide cap is split over (default: spec.replicas; the
+    listener's replica count when pods are shared).
     """
     spec = msvc.spec
     kind = spec.kind
@@ -57,13 +56,8 @@ def service_config(
     if spec.access.allow_from is not None:
         resolution = groups.resolve(spec.access.allow_from, group_specs)
         allow = resolution.cidrs
-        if resolution.missing:
-            problems.append(f"IPAddressGroup not found: {', '.join(resolution.missing)}")
-        if resolution.cycles:
-            problems.append(
-                "IPAddressGroup cycle: " + "; ".join(" -> ".join(c) for c in resolution.cycles)
-            )
-        if problems:
+        if not resolution.ok:
+            problems.append(resolution.describe())
             allow = ()  # fail closed
     if bind_addresses:
         endpoints = [lc.Endpoint(address=a, port=p) for a, p in spec.endpoints()]
@@ -72,9 +66,10 @@ def service_config(
         endpoints = [lc.Endpoint(address=None, port=p) for p in ports]
     tls = None
     if spec.tls is not None:
-        base = tls_dir if tls_dir is not None else TLS_MOUNT
+        base = tls_dir if tls_dir is not None else pathlib.Path(naming.TLS_DIR)
         tls = lc.TLSFiles(cert_file=base / "tls.crt", key_file=base / "tls.key")
-    replicas = 1 if bind_addresses else spec.replicas
+    if replicas is None:
+        replicas = 1 if bind_addresses else spec.replicas
     rate_limit = spec.access.rate_limit or models.RateLimit()
     auto_ban, exempt_resolution, exempt_problems = _auto_ban(spec.access.auto_ban, group_specs)
     cfg = lc.ServiceConfig(
@@ -123,18 +118,10 @@ def _auto_ban(
     if spec.exempt_from is not None:
         resolution = groups.resolve(spec.exempt_from, group_specs)
         exempt = resolution.cidrs
-        if resolution.missing:
+        if not resolution.ok:
             problems.append(
-                f"access.autoBan.exemptFrom: IPAddressGroup not found: "
-                f"{', '.join(resolution.missing)}; no address is exempt"
+                f"access.autoBan.exemptFrom: {resolution.describe()}; no address is exempt"
             )
-        if resolution.cycles:
-            problems.append(
-                "access.autoBan.exemptFrom: IPAddressGroup cycle: "
-                + "; ".join(" -> ".join(c) for c in resolution.cycles)
-                + "; no address is exempt"
-            )
-        if problems:
             exempt = ()
     ban = lc.AutoBan(
         after_failures=spec.after_failures,
@@ -150,12 +137,16 @@ def listener_config(
     services: list[lc.ServiceConfig],
     *,
     drain_seconds: float = 30.0,
-    metrics_port: int = METRICS_PORT,
+    metrics_port: int = naming.METRICS_PORT,
+    lame_duck_seconds: float = 0.0,
 ) -> lc.ListenerConfig:
+    """lame_duck_seconds: pods behind a load balancer keep accepting this long after
+    SIGTERM while /readyz says 503 (0 on a host)."""
     return lc.ListenerConfig(
         services=tuple(services),
         drain_seconds=drain_seconds,
         metrics=lc.Metrics(port=metrics_port),
+        lame_duck_seconds=lame_duck_seconds,
     )
 
 
