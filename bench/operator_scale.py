@@ -19,8 +19,16 @@ measures:
   with every pod's figures changing on every poll (a write per MailService per round):
   /status requests, API requests, status writes and operator CPU, per minute.
 
+- start-up: from spawning the operator to its liveness endpoint answering, and its RSS then,
+  optionally with thousands of unrelated ConfigMaps, Services and Deployments already in the
+  cluster (`--unrelated N`: N of each kind, without the operator's labels).
+
     python -m bench.operator_scale            # 1,000 MailServices, 20 namespaces, 50 groups
     python -m bench.operator_scale --smoke    # 20 MailServices, 2 namespaces, 3 groups
+    python -m bench.operator_scale --unrelated 10000 --baseline ../other-checkout
+        # also run the operator of another checkout (same venv), one after the other on the
+        # same machine, and compare: CPU per reconciliation, requests, RSS, start-up
+    python -m bench.operator_scale --profile prof.txt   # py-spy samples of the operator
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ class Scale:
     # Live figures: the operator's polling period and how long each figures window lasts.
     figures_period: float = 15.0
     figures_window: float = 60.0
+    unrelated: int = 0  # unrelated ConfigMaps, Services and Deployments, each
 
 
 FULL = Scale(services=1000, namespaces=20, groups=50, shared_users=500, timeout=240.0)
@@ -210,8 +219,13 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def operator_process(
-    url: str, workdir: pathlib.Path, figures_period: float = 15.0
+    url: str,
+    workdir: pathlib.Path,
+    figures_period: float = 15.0,
+    root: pathlib.Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """root: run the operator from that checkout's sources (listener/ and operator/) instead
+    of the installed package, with the same interpreter and libraries."""
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -229,7 +243,9 @@ def operator_process(
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
-        "PYTHONPATH": os.pathsep.join(sys.path),
+        "PYTHONPATH": os.pathsep.join(
+            ([str(root / "listener"), str(root / "operator")] if root else []) + sys.path
+        ),
         # The generated backends do not exist: probing them would only report
         # BackendUnreachable, which is not what this benchmark measures.
         "MAILWARDEN_BACKEND_PROBE_SECONDS": "0",
@@ -514,6 +530,8 @@ class Result:
     rss_peak: float
     log_lines: int
     figures: list[Window] = dataclasses.field(default_factory=list)
+    startup_s: float = 0.0  # spawn -> liveness answering
+    label: str = "this checkout"
 
 
 class Run:
@@ -582,7 +600,68 @@ async def _create_all(url: str, objs: list[dict[str, Any]], concurrency: int = 8
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def run(scale: Scale, *, progress: bool = True) -> Result:
+def unrelated(n: int, namespaces: int) -> dict[str, list[dict[str, Any]]]:
+    """n ConfigMaps, Services and Deployments that are none of the operator's business."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for resource, api_version, kind in (
+        ("v1/configmaps", "v1", "ConfigMap"),
+        ("v1/services", "v1", "Service"),
+        ("apps/v1/deployments", "apps/v1", "Deployment"),
+    ):
+        objs = []
+        for i in range(n):
+            app = f"app-{i % 50}"
+            meta = {
+                "name": f"unrelated-{i:05d}",
+                "namespace": f"scale-{i % max(1, namespaces):02d}",
+                "labels": {"app": app, "team": "other"},
+            }
+            body: dict[str, Any] = {"apiVersion": api_version, "kind": kind, "metadata": meta}
+            if kind == "ConfigMap":
+                body["data"] = {"config.yaml": "key: value\n" * 20}
+            elif kind == "Service":
+                body["spec"] = {"selector": {"app": app},
+                                "ports": [{"port": 80, "targetPort": 8080}]}  # fmt: skip
+            else:
+                pod = {"containers": [{"name": "c", "image": "nginx"}]}
+                body["spec"] = {"replicas": 1, "selector": {"matchLabels": {"app": app}},
+                                "template": {"metadata": {"labels": {"app": app}},
+                                             "spec": pod}}  # fmt: skip
+            objs.append(body)
+        out[resource] = objs
+    return out
+
+
+@contextlib.contextmanager
+def profiling(pid: int, out: pathlib.Path | None) -> Iterator[None]:
+    """py-spy sampling the operator (every thread) while the body runs."""
+    if out is None:
+        yield
+        return
+    spy = subprocess.Popen(
+        [str(pathlib.Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+         "--format", "raw", "--output", str(out), "--rate", "100", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(5)
+
+
+def run(
+    scale: Scale,
+    *,
+    progress: bool = True,
+    root: pathlib.Path | None = None,
+    profile: pathlib.Path | None = None,
+    figures: bool = True,
+) -> Result:
     groups, services, users = plan(scale)
 
     def say(msg: str) -> None:
@@ -591,14 +670,24 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
 
     et = EmulatorThread(emulator_class=CountingEmulator).start()
     try:
+        if scale.unrelated:
+            assert et.emulator is not None
+            for resource, objs in unrelated(scale.unrelated, scale.namespaces).items():
+                et.call(et.emulator.seed, resource, objs)
+            say(f"seeded {scale.unrelated} unrelated objects of each of 3 kinds")
+        spawned = time.monotonic()
         with (
             tempfile.TemporaryDirectory(prefix="opscale-") as tmp,
-            operator_process(et.url, pathlib.Path(tmp), scale.figures_period) as (
+            operator_process(et.url, pathlib.Path(tmp), scale.figures_period, root) as (
                 proc,
                 metrics_port,
             ),
+            profiling(proc.pid, profile),
         ):
+            startup_s = time.monotonic() - spawned
             r = Run(et)
+            # Start-up is over when kopf's initial lists are done: the requests go quiet.
+            r.quiet(spawned, window=1.0, limit=60.0)
             rss_idle, _ = rss_mib(proc.pid)
             base_counts, base_rec = r.counts(), reconciles(metrics_port)
             cpu_op, cpu_emu = cpu_seconds(proc.pid), cpu_seconds(os.getpid())
@@ -666,13 +755,16 @@ def run(scale: Scale, *, progress: bool = True) -> Result:
             )
             fanout.operator_cpu_s = cpu_seconds(proc.pid) - cpu_op
             fanout.emulator_cpu_s = cpu_seconds(os.getpid()) - cpu_emu
-            windows = _figures_phases(scale, et, r, proc.pid, services, say)
+            # RSS at the end of the reconciliation phases (the figures' pods add to it).
+            _, rss_peak = rss_mib(proc.pid)
+            windows = _figures_phases(scale, et, r, proc.pid, services, say) if figures else []
             _, rss_peak = rss_mib(proc.pid)
             log_lines = len((pathlib.Path(tmp) / "operator.log").read_bytes().splitlines())
     finally:
         et.stop()
     return Result(scale, len(services), len(groups), len(users), steady, fanout,
-                  rss_idle, rss_steady, rss_peak, log_lines, windows)  # fmt: skip
+                  rss_idle, rss_steady, rss_peak, log_lines, windows, startup_s,
+                  str(root) if root else "this checkout")  # fmt: skip
 
 
 def _figures_phases(
@@ -727,8 +819,10 @@ def report(res: Result) -> str:
     lines = [
         f"mailwarden operator at scale: {res.services} MailServices, {s.namespaces} namespaces, "
         f"{res.groups} IPAddressGroups (nested), {res.users} depending on one group",
-        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; emulator and "
-        "benchmark in one process, the operator in another",
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
+        f"{os.getloadavg()[0]:.1f}; emulator and benchmark in one process, the operator in "
+        f"another; operator from {res.label}"
+        + (f"; {s.unrelated} unrelated ConfigMaps, Services, Deployments" if s.unrelated else ""),
         "",
         f"{'figure':<52}{'value':>14}{'target':>12}  ok",
     ]
@@ -760,6 +854,10 @@ def report(res: Result) -> str:
         row(f"{ph.name}: last request after the goal", q)
         row(f"{ph.name}: requests/s once quiet", f"{ph.residual_rps:.1f}", "~0",
             ph.residual_rps < 1.0 and ph.quiet_after_s is not None)  # fmt: skip
+    row("operator start-up (spawn -> live)", f"{res.startup_s:.1f} s")
+    for ph in (res.steady, res.fanout):
+        per_ms = 1000 * ph.operator_cpu_s / ph.reconciles if ph.reconciles else float("nan")
+        row(f"{ph.name}: operator CPU per reconcile", f"{per_ms:.1f} ms")
     row("operator RSS idle (after start-up)", f"{res.rss_idle:.0f} MiB")
     row("operator RSS at steady state", f"{res.rss_steady:.0f} MiB", "< 250 MiB",
         res.rss_steady < TARGETS["rss_mib"] if full else None)  # fmt: skip
@@ -792,12 +890,53 @@ def report(res: Result) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--smoke", action="store_true", help="a few seconds, 20 MailServices")
+    parser.add_argument("--unrelated", type=int, default=0, metavar="N",
+                        help="N unrelated ConfigMaps, Services and Deployments each")  # fmt: skip
+    parser.add_argument("--baseline", type=pathlib.Path, metavar="CHECKOUT",
+                        help="then run the operator of another checkout and compare")  # fmt: skip
+    parser.add_argument("--no-figures", action="store_true",
+                        help="skip the live figures windows")  # fmt: skip
+    parser.add_argument("--profile", type=pathlib.Path, metavar="FILE",
+                        help="py-spy samples of this operator (collapsed stacks)")  # fmt: skip
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the operator subprocess is stopped too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    res = run(SMOKE if args.smoke else FULL)
-    print(report(res))
+    scale = dataclasses.replace(SMOKE if args.smoke else FULL, unrelated=args.unrelated)
+    res = run(scale, profile=args.profile, figures=not args.no_figures)
+    print(report(res), flush=True)
+    if args.baseline is not None:
+        # An older checkout may not report live figures: its run has none.
+        base = run(scale, root=args.baseline.resolve(), figures=False)
+        print("\n" + report(base))
+        print("\n" + compare(res, base))
     return 0
+
+
+def compare(new: Result, old: Result) -> str:
+    """This checkout against the baseline, side by side."""
+    lines = [f"{'this checkout vs ' + old.label:<52}{'new':>12}{'baseline':>12}{'ratio':>8}"]
+
+    def row(name: str, a: float, b: float, fmt: str = ".1f") -> None:
+        ratio = a / b if b else float("nan")
+        lines.append(f"{name:<52}{a:>12{fmt}}{b:>12{fmt}}{ratio:>8.2f}")
+
+    for attr in ("steady", "fanout"):
+        a, b = getattr(new, attr), getattr(old, attr)
+        row(f"{a.name}: wall s", a.seconds, b.seconds, ".2f")
+        row(f"{a.name}: operator CPU s", a.operator_cpu_s, b.operator_cpu_s)
+        row(f"{a.name}: emulator CPU s", a.emulator_cpu_s, b.emulator_cpu_s)
+        row(f"{a.name}: reconciles", a.reconciles, b.reconciles, ".0f")
+        per_a = 1000 * a.operator_cpu_s / a.reconciles if a.reconciles else float("nan")
+        per_b = 1000 * b.operator_cpu_s / b.reconciles if b.reconciles else float("nan")
+        row(f"{a.name}: operator CPU ms per reconcile", per_a, per_b)
+        row(f"{a.name}: API requests per reconcile",
+            a.total / max(1, a.reconciles), b.total / max(1, b.reconciles))  # fmt: skip
+    row("start-up s (spawn -> live)", new.startup_s, old.startup_s, ".2f")
+    row("RSS idle MiB", new.rss_idle, old.rss_idle, ".0f")
+    row("RSS steady MiB", new.rss_steady, old.rss_steady, ".0f")
+    row("RSS peak MiB", new.rss_peak, old.rss_peak, ".0f")
+    row("log lines", new.log_lines, old.log_lines, ".0f")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
   watch is lost;
 - equality-based label selectors (`k=v`, `k!=v`, `k`, `!k`) on list and watch;
 - paginated lists (`limit` and `continue`);
+- resource quantities of pods and Deployments stored in canonical form, as the API server
+  does (`1024Mi` -> `1Gi`; tests/support/quantities.py);
 - requests dropped from kmock's history once served (its router scans the whole history on
   every request, which made a GET 90x slower after 1,000 requests);
 - a stand-in for the Deployment controller (status follows spec at once, or on demand);
@@ -57,7 +59,7 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 from kmock._internal import parsing as kmock_parsing
 
-from tests.support import crdcheck, tables
+from tests.support import crdcheck, quantities, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATUS_SUBRESOURCE = {
@@ -114,8 +116,13 @@ class Emulator(kmock.KubernetesEmulator):
     # object, old object or None) on every create and update; they raise
     # kmock.KubernetesError to deny.
     policies: list[Any] = attrs.field(factory=list)
-    # How many list pages were served (a paginated list of N items takes N/limit).
+    # How many list pages were served (a paginated list of N items takes N/limit), how many
+    # objects lists and watches sent by (client, resource) — the client being the User-Agent's
+    # product — and the label selector and page size of each list and watch by
+    # (client, verb, resource).
     list_pages: int = 0
+    items_served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
+    queries: set[tuple[str, str, str, str, str]] = attrs.field(factory=set)
     # (verb, resource[/subresource]) -> requests served, from anyone.
     served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
     # The pod stand-in (tests/support/pods.py), when the test wants real listener pods.
@@ -207,6 +214,17 @@ class Emulator(kmock.KubernetesEmulator):
         resource = str(res.plural) + (f"/{request.subresource}" if request.subresource else "")
         self.audit.add((agent, verb, str(res.group or ""), resource, request.namespace))
         self.served[(verb, resource)] += 1
+        if verb in ("list", "watch"):
+            params = request.params
+            self.queries.add(
+                (
+                    agent.split("/")[0],
+                    verb,
+                    resource,
+                    str(params.get("labelSelector", "")),
+                    str(params.get("limit", "")),
+                )
+            )
         data = request.data if isinstance(request.data, dict) else {}
         for ref in (data.get("metadata") or {}).get("ownerReferences") or []:
             if ref.get("blockOwnerDeletion"):
@@ -388,6 +406,10 @@ class Emulator(kmock.KubernetesEmulator):
     ) -> dict[str, Any]:
         for policy in self.policies:
             policy(str(request.resource.plural), request.namespace, obj, old)
+        try:
+            quantities.canonicalise(str(request.resource.plural), obj)
+        except quantities.QuantityError as exc:
+            raise _error(422, "Invalid", str(exc)) from None
         crd = self.crds.get(str(request.resource.plural))
         if crd is None:
             return obj
@@ -495,6 +517,8 @@ class Emulator(kmock.KubernetesEmulator):
             items = items[:limit]
             meta["continue"] = f"{offset + limit}:{meta['resourceVersion']}"
         self.list_pages += 1
+        agent = request.headers.get("User-Agent", "")
+        self.items_served[(agent.split("/")[0], str(request.resource.plural))] += len(items)
         return {"apiVersion": "v1", "kind": "List", "metadata": meta, "items": items}
 
     async def _serve_watch(self, request: rendering.Request) -> Any:
@@ -515,14 +539,17 @@ class Emulator(kmock.KubernetesEmulator):
                 [int(e["object"]["metadata"]["resourceVersion"]) for e in backlog],
                 default=int(since) if since.isdigit() else self._last_rv,
             )
+        served = (request.headers.get("User-Agent", "").split("/")[0], str(request.resource.plural))
         try:
             for event in backlog:
                 if self._wanted(request, selector, event):
+                    self.items_served[served] += 1
                     yield event
             async for event in bus.stream(since=mark):
                 if int(event["object"]["metadata"]["resourceVersion"]) <= sent:
                     continue
                 if self._wanted(request, selector, event):
+                    self.items_served[served] += 1
                     yield event
         finally:
             await bus.unmark(mark)
@@ -541,6 +568,22 @@ class Emulator(kmock.KubernetesEmulator):
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         key = (kmock.resource(resource), namespace, name)
         return self._live(key)
+
+    async def seed(self, resource: str, objs: list[dict[str, Any]]) -> None:
+        """Store many objects at once (stamped as a create would), without events or
+        controllers: a cluster that already holds them when a test starts."""
+        res = kmock.resource(resource)
+        async with self._lock:
+            for obj in objs:
+                obj = copy.deepcopy(obj)
+                meta = obj.setdefault("metadata", {})
+                meta.update(
+                    uid=str(uuid.uuid4()),
+                    generation=1,
+                    creationTimestamp=_now(),
+                    resourceVersion=self._next_rv(),
+                )
+                self._store((res, meta.get("namespace"), meta["name"]), obj)
 
 
 RESOURCES: dict[str, kmock.ResourceInfo] = {

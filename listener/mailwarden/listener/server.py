@@ -94,9 +94,16 @@ class Listener:
         # 1. Everything that can fail, without touching what runs: TLS files and sockets.
         staged: dict[str, service.ServiceRuntime] = {}
         bound: list[tuple[service.ServiceRuntime, config.Endpoint, asyncio.Server]] = []
+        # A service removed by an earlier reload whose sessions are still open comes back as
+        # the same runtime: its open sessions keep counting against its caps.
+        revived = {
+            rt.config.name: rt
+            for rt in self.retired
+            if rt.config.name in new and rt.config.name not in self.services
+        }
         try:
             for name, scfg in new.items():
-                rt = self.services.get(name)
+                rt = self.services.get(name) or revived.get(name)
                 if rt is None:
                     rt = service.ServiceRuntime(scfg, self.metrics, loop)
                     staged[name] = rt
@@ -114,6 +121,9 @@ class Listener:
         # 2. Nothing below can fail: swap.
         for rt, ep, server in bound:
             rt.servers[ep] = server
+        for name, rt in revived.items():
+            self.retired.remove(rt)
+            self.services[name] = rt
         for name, scfg in new.items():
             if name in staged:
                 self.services[name] = staged[name]

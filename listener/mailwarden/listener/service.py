@@ -32,6 +32,7 @@ class ServiceRuntime:
         self.sessions: set[session.ClientConnection] = set()
         self.servers: dict[config.Endpoint, asyncio.Server] = {}
         self.limiter = limits.ConnectionLimiter()
+        self.refusing = 0
         # Rate limit and bans; kept across reloads like the limiter's counts.
         self.guard = abuse.Guard()
         self._idle_waiters: list[asyncio.Future[None]] = []

@@ -23,10 +23,19 @@ from mailwarden.listener.protocols import base
 
 log = logging.getLogger(__name__)
 
-# Client bytes held while the backend connection is being made; past this the client is
-# paused, not buffered without bound.
+# Client bytes held while the backend connection is being made (or while the protocol's gate
+# waits for the backend); past this the client is paused, not buffered without bound.
 PENDING_LIMIT = 64 * 1024
 EMPTY = b""
+# Refused clients that may keep talking (the SMTP 503 loop, an HTTP request being read) at
+# once per service. Past this a refused client hears the opening refusal and is closed: a
+# flood of denied clients that trickle bytes holds no more than this many descriptors.
+REFUSING_LIMIT = 128
+
+# Why the client's reading is paused; it resumes when no reason is left.
+_PAUSE_PENDING = 1  # its bytes wait for the backend connection, the TLS layer or the gate
+_PAUSE_BACKEND = 2  # the backend does not take what the client sends fast enough
+_PAUSE_CLIENT = 4  # the client does not read what the listener itself answers (gate, refusal)
 
 
 _HANDSHAKE_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError, RuntimeError)
@@ -81,6 +90,8 @@ class Runtime(Protocol):
     # each admitted session (created with the client's address).
     admission: Admission | None
     observe: Callable[[str], base.Observer] | None
+    # Refused sessions of the service still open (bounded by REFUSING_LIMIT).
+    refusing: int
     # Told of every refusal of a client by the access list or a cap, and of every failed
     # login a gate sees, with the client's address (the auto-ban counts them).
     failure: Callable[[str], None] | None
@@ -97,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_eof",
         "_local",
+        "_paused",
         "_pending",
         "active",
         "admitted",
@@ -108,6 +120,8 @@ class ClientConnection(asyncio.Protocol):
         "gate",
         "idle_since",
         "peer",
+        "phase_started",
+        "refusing",
         "rt",
         "seen_data",
         "started",
@@ -138,6 +152,12 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_down = 0
         self.started = 0.0
         self.idle_since = 0.0
+        # When the phase with a total time limit began (PROXY header and TLS handshake:
+        # the session's start; STARTTLS; a refusal): bytes trickled in do not extend it.
+        self.phase_started = 0.0
+        self._paused = 0
+        # Counted among the service's refused sessions that keep talking.
+        self.refusing = False
         # Whether the client leg is TLS (which cannot half-close); known once, not asked
         # of the transport on every EOF.
         self.tls = False
@@ -148,7 +168,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self.transport = cast(asyncio.Transport, transport)
         rt = self.rt
-        self.started = self.idle_since = rt.loop.time()
+        self.started = self.idle_since = self.phase_started = rt.loop.time()
         rt.sessions.add(self)
         peer = transport.get_extra_info("peername")
         if not peer:  # the peer was gone before we looked
@@ -197,14 +217,17 @@ class ClientConnection(asyncio.Protocol):
             self._read_proxy_header()
         elif state is State.GATED:
             assert self.gate is not None and self.backend is not None
-            self._apply_gate(self.gate.from_client(data))
+            if self._pending or not self.gate.idle:
+                # A command waits for the backend's answer (or its greeting): what follows
+                # is held here, bounded, until the gate can take it.
+                self._hold(data)
+            else:
+                self._apply_gate(self.gate.from_client(data))
         elif state is State.REFUSING:
             assert self.conversation is not None
             self._say(self.conversation.feed(data))
         elif state in (State.CONNECTING, State.TLS, State.STARTTLS):
             self._hold(data)
-            if len(self._pending) > PENDING_LIMIT and self.transport is not None:
-                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         if not self.seen_data and self._pending and self.state in (State.RELAY, State.GATED):
@@ -239,12 +262,18 @@ class ClientConnection(asyncio.Protocol):
         self._finish()
 
     def pause_writing(self) -> None:
+        # The client does not read fast enough: stop reading what would be written to it,
+        # the backend's bytes and, where the listener answers the client itself (the gate,
+        # a refusal), the client's own commands.
         if self.backend is not None:
             self.backend.transport.pause_reading()
+        if self.state is not State.RELAY:
+            self._pause(_PAUSE_CLIENT)
 
     def resume_writing(self) -> None:
-        if self.backend is not None:
+        if self.backend is not None and self.state is not State.STARTTLS:
             self.backend.transport.resume_reading()
+        self._resume(_PAUSE_CLIENT)
 
     @property
     def local(self) -> tuple[str, int]:
@@ -266,6 +295,26 @@ class ClientConnection(asyncio.Protocol):
             self._pending += data
         else:
             self._pending = bytearray(data)
+        if len(self._pending) > PENDING_LIMIT:
+            self._pause(_PAUSE_PENDING)
+
+    def _take_pending(self) -> bytes:
+        pending = bytes(self._pending)
+        self._pending = EMPTY
+        if self._paused & _PAUSE_PENDING:
+            self._resume(_PAUSE_PENDING)
+        return pending
+
+    def _pause(self, why: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        if self._paused & why:
+            self._paused &= ~why
+            if not self._paused and self.transport is not None:
+                self.transport.resume_reading()
 
     # -- the session's steps -----------------------------------------------------------
 
@@ -317,10 +366,13 @@ class ClientConnection(asyncio.Protocol):
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
-            self._fail(m.HANDSHAKE_FAILED, f"TLS handshake: {exc!r}")
+            self._handshake_failed(f"TLS handshake: {exc!r}")
             return
         if tls_transport is None:
-            self._fail(m.HANDSHAKE_FAILED, "TLS handshake: closed")
+            self._handshake_failed("TLS handshake: closed")
+            return
+        if self.state is not State.TLS:  # timed out by the sweep meanwhile
+            tls_transport.abort()
             return
         self.transport = tls_transport
         self.tls = True
@@ -335,14 +387,17 @@ class ClientConnection(asyncio.Protocol):
         # The server has nothing to say until the next command; hold it anyway so nothing
         # can be written into the handshake.
         backend.transport.pause_reading()
+        self.phase_started = self.rt.loop.time()
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
             log.info("%s: %s:%s: STARTTLS: %r", self.rt.config.name, *self.peer, exc)
-            self.close()
+            self._end_now()
             return
         if tls_transport is None or self.state is not State.STARTTLS or self.gate is None:
-            self.close()
+            if tls_transport is not None:
+                tls_transport.abort()
+            self._end_now()
             return
         self.transport = tls_transport
         self.tls = True
@@ -350,10 +405,7 @@ class ClientConnection(asyncio.Protocol):
         self.gate.tls_started()
         backend.transport.resume_reading()
         # Commands that came with the end of the handshake.
-        pending = bytes(self._pending)
-        self._pending = EMPTY
-        if pending:
-            self._apply_gate(self.gate.from_client(pending))
+        self._gate_ready()
 
     async def _upgrade(
         self, transport: asyncio.Transport, ctx: ssl.SSLContext
@@ -379,6 +431,7 @@ class ClientConnection(asyncio.Protocol):
             return
         early = bytes(self._pending)
         self._pending = EMPTY
+        self._paused = 0  # the TLS layer reads the socket now; it pauses it itself
         if early:
             _feed(transport, early)
 
@@ -480,28 +533,25 @@ class ClientConnection(asyncio.Protocol):
             # The client's last bytes are a prefix of a PROXY signature and nothing follows:
             # they are not a header.
             self.seen_data = True
-        if self.seen_data:
-            pending = bytes(self._pending)
-            self._pending = EMPTY
-        else:
-            pending = EMPTY  # held until they show whether they are a PROXY header
         gate = rt.gate() if rt.gate is not None else None
         if rt.observe is not None:
             gate = base.Observed(gate, rt.observe(self.client[0]))
         if gate is not None:
             self.gate = gate
             self.state = State.GATED
-            if pending:
-                self._apply_gate(self.gate.from_client(pending))
+            # The client's bytes so far stay held until the gate can take them (after the
+            # greeting, for the NNTP gate).
+            self._gate_ready()
         else:
             self.state = State.RELAY
-            if pending:
-                self.bytes_up += len(pending)
-                protocol.transport.write(pending)
+            if self.seen_data:
+                # (Otherwise they are held until they show whether they are a PROXY header.)
+                pending = self._take_pending()
+                if pending:
+                    self.bytes_up += len(pending)
+                    protocol.transport.write(pending)
             if self._eof:
                 self._pass_eof()
-        if self.transport is not None:
-            self.transport.resume_reading()
 
     def _apply_gate(self, out: base.GateOutput) -> None:
         assert self.backend is not None and self.transport is not None
@@ -520,15 +570,36 @@ class ClientConnection(asyncio.Protocol):
         if out.open:
             self.state = State.RELAY
             self.gate = None
+            if self._pending and self.seen_data:
+                held = self._take_pending()
+                self.bytes_up += len(held)
+                self.backend.transport.write(held)
         elif out.start_tls and self.rt.server_tls is not None:
             self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
         if self._eof:
             self._gate_eof()
 
+    def _gate_ready(self) -> None:
+        """The gate may have answered: hand it the client's bytes held meanwhile, once it
+        can take them."""
+        gate = self.gate
+        if (
+            self.state is State.GATED
+            and gate is not None
+            and gate.idle
+            and self._pending
+            and self.seen_data
+        ):
+            self._apply_gate(gate.from_client(self._take_pending()))
+        elif self._eof:
+            self._gate_eof()
+
     def _gate_eof(self) -> None:
         # Pass the client's EOF on once the gate has no command waiting for its turn or
-        # its answer.
-        if self.backend is not None and (self.gate is None or self.gate.idle):
+        # its answer, and none held here.
+        if self.backend is not None and (
+            self.gate is None or (self.gate.idle and not self._pending)
+        ):
             self._pass_eof()
 
     def _pass_eof(self) -> None:
@@ -542,17 +613,24 @@ class ClientConnection(asyncio.Protocol):
             self.backend.transport.close()
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
-        self.rt.metrics.outcome[outcome].inc()
+        rt = self.rt
+        rt.metrics.outcome[outcome].inc()
         if self.admitted:
             self._release()
         self.state = State.REFUSING
         self.conversation = conversation
-        self.idle_since = self.rt.loop.time()
+        self.phase_started = rt.loop.time()
         self._say(conversation.opening())
         if self.state is State.REFUSING and self._pending:
-            pending = bytes(self._pending)
-            self._pending = EMPTY
-            self._say(conversation.feed(pending))
+            self._say(conversation.feed(self._take_pending()))
+        if self.state is State.REFUSING:
+            if rt.refusing >= REFUSING_LIMIT:
+                # Enough refused clients are talking already: this one has heard its
+                # refusal (or, where the client must speak first, nothing) and goes.
+                self.close()
+                return
+            rt.refusing += 1
+            self.refusing = True
 
     def _say(self, reply: base.Reply) -> None:
         transport = self.transport
@@ -564,8 +642,15 @@ class ClientConnection(asyncio.Protocol):
         if reply.data:
             transport.write(reply.data)
         if reply.close:
-            self.state = State.CLOSED
-            transport.close()
+            self.close()
+
+    def _handshake_failed(self, why: str) -> None:
+        """A TLS handshake that did not complete: the layer start_tls put in place owns the
+        transport, and its connection_lost does not reach this protocol during a handshake,
+        so the session releases what it holds itself."""
+        log.info("%s: %s:%s: %s", self.rt.config.name, self.peer[0], self.peer[1], why)
+        self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
+        self._end_now()
 
     def _fail(self, outcome: str, why: str) -> None:
         log.info("%s: %s:%s: %s", self.rt.config.name, self.peer[0], self.peer[1], why)
@@ -576,7 +661,9 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close both legs, letting what is already written reach each side."""
-        self.state = State.CLOSED
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self.phase_started = self.rt.loop.time()
         if self.transport is not None:
             self.transport.close()
         if self.backend is not None:
@@ -589,6 +676,12 @@ class ClientConnection(asyncio.Protocol):
         if self.backend is not None:
             self.backend.transport.abort()
 
+    def _end_now(self) -> None:
+        """Abort both legs and release what the session holds now, without waiting for a
+        connection_lost that a transport in a TLS handshake may never deliver."""
+        self.abort()
+        self._finish()
+
     def _release(self) -> None:
         self.admitted = False
         rt = self.rt
@@ -597,7 +690,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish(self) -> None:
         rt = self.rt
+        if self not in rt.sessions:
+            return  # finished already (by _end_now, then by connection_lost)
         self.state = State.CLOSED
+        if self.refusing:
+            self.refusing = False
+            rt.refusing -= 1
         if self.backend is not None:
             self.backend.transport.close()
         if self.admitted:
@@ -611,28 +709,36 @@ class ClientConnection(asyncio.Protocol):
         rt.session_ended()
 
     def tick(self, now: float, timeouts: config.Timeouts) -> None:
-        """The service's periodic sweep: end the session if it outlived its timeout. The
-        `active` flag (set on every byte) restarts the idle clock."""
-        if self.active:
-            self.active = False
-            self.idle_since = now
-            return
+        """The service's periodic sweep: end the session if it outlived its timeout.
+
+        The PROXY header, a TLS handshake and a refusal have totals (as nginx's
+        client_header_timeout and HAProxy's `timeout http-request`): a byte every few
+        seconds does not extend them. A relayed session has an idle timeout, restarted by
+        every byte either way (the `active` flag). A session past its time is torn down
+        with abort(), not close(): close() would wait for a write buffer that a client which
+        stopped reading never drains, and the session would keep its slot."""
         state = self.state
         if state is State.RELAY or state is State.GATED:
-            limit = timeouts.idle
-        elif state is State.REFUSING:
-            limit = timeouts.refusal
-        elif state is State.PROXY or state is State.TLS:
-            if now - self.started > timeouts.handshake:
-                self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
-                self.abort()
-            return
-        else:
-            return
-        if now - self.idle_since > limit:
-            self.close()
-        else:
+            if self.active:
+                self.active = False
+                self.idle_since = now
+            elif now - self.idle_since > timeouts.idle:
+                self._end_now()
+                return
             self.flush_counters()
+        elif state is State.REFUSING:
+            if now - self.phase_started > timeouts.refusal:
+                self._end_now()
+        elif state is State.PROXY or state is State.TLS or state is State.STARTTLS:
+            if now - self.phase_started > timeouts.handshake:
+                if state is not State.STARTTLS:  # (a STARTTLS session was counted accepted)
+                    self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
+                self._end_now()
+        elif state is State.CLOSED and now - self.phase_started > timeouts.idle:
+            # Closing, and the transport has not said it is gone: close() waits for a write
+            # buffer to drain, or the event loop lost the callback (a reset during a TLS
+            # handshake under uvloop). Past the idle timeout, let go of it.
+            self._end_now()
 
     def flush_counters(self) -> None:
         if self.bytes_up:
@@ -661,6 +767,7 @@ class BackendConnection(asyncio.Protocol):
         client.active = True
         if client.gate is not None:
             client._apply_gate(client.gate.from_backend(data))
+            client._gate_ready()
             return
         client.bytes_down += len(data)
         if client.transport is not None:
@@ -679,17 +786,13 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         client = self.client
-        if client.transport is not None and not client.transport.is_closing():
-            client.transport.close()
-        client.state = State.CLOSED
+        client.close()
 
     def pause_writing(self) -> None:
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
+        self.client._pause(_PAUSE_BACKEND)
 
     def resume_writing(self) -> None:
-        if self.client.transport is not None:
-            self.client.transport.resume_reading()
+        self.client._resume(_PAUSE_BACKEND)
 
 
 def _proxy_claim(data: bytes) -> bool | None:

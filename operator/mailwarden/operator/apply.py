@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from kubernetes.utils import parse_quantity
+
 from mailwarden.operator import kube, naming
 
 Action = Literal["created", "updated", "unchanged"]
@@ -17,18 +19,37 @@ class OwnerGone(Exception):
     """The object the children are for went away while they were being applied."""
 
 
-def contains(live: Any, desired: Any) -> bool:
+# Keys under which the API server keeps resource quantities: it stores them in canonical form
+# (`1024Mi` -> `1Gi`, `0.5` -> `500m`, `1000m` -> `1`), so they are compared by value, or
+# every reconciliation would patch them back.
+QUANTITY_KEYS = frozenset({"resources", "sizeLimit"})
+
+
+def contains(live: Any, desired: Any, *, quantities: bool = False) -> bool:
     if isinstance(desired, Mapping):
         return isinstance(live, Mapping) and all(
-            k in live and contains(live[k], v) for k, v in desired.items()
+            k in live and contains(live[k], v, quantities=quantities or k in QUANTITY_KEYS)
+            for k, v in desired.items()
         )
     if isinstance(desired, list):
         return (
             isinstance(live, list)
             and len(live) == len(desired)
-            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+            and all(
+                contains(a, b, quantities=quantities) for a, b in zip(live, desired, strict=True)
+            )
         )
-    return bool(live == desired)
+    if live == desired:
+        return True
+    return quantities and same_quantity(live, desired)
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    """Whether two resource quantities are equal in value (False if either is none)."""
+    try:
+        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, ArithmeticError):
+        return False
 
 
 async def ensure(
