@@ -8,7 +8,9 @@ process's file descriptors with the mail ports, so every connection to it is bou
   client trickling one byte at a time gains nothing);
 - a keep-alive time, after which an idle connection is closed (nginx `keepalive_timeout`);
 - a time to take an answer, so a client that never reads cannot hold its buffer;
-- at most `max_connections` connections; the next ones get a 503 and a close at once.
+- at most `max_connections` connections: a new one beyond that pushes out the connection
+  idle the longest (or, if none is idle, the one whose request began first), so that idle or
+  trickling clients cannot lock the kubelet's probes and the scraper out.
 A route is a path -> callable returning (status, body, content type) (RFC 9110 semantics;
 framing per RFC 9112)."""
 
@@ -76,7 +78,7 @@ class HealthServer:
         self.routes = dict(routes)
         self.limits = limits or Limits()
         self.connections: set[_Connection] = set()
-        self.refused = 0  # connections turned away over max_connections
+        self.evicted = 0  # connections closed to make room over max_connections
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str | None, port: int) -> None:
@@ -89,6 +91,13 @@ class HealthServer:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    def evict(self) -> None:
+        """Make room: close the connection idle the longest, else the oldest request."""
+        victim = min(self.connections, key=_Connection.eviction_order)
+        self.connections.discard(victim)
+        self.evicted += 1
+        victim.abort()
 
     def answer(self, method: str, path: str) -> tuple[int, bytes, str]:
         route = self.routes.get(path.split("?", 1)[0])
@@ -111,7 +120,7 @@ class HealthServer:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_buffer", "_paused", "_served", "_timer", "server", "transport")
+    __slots__ = ("_buffer", "_paused", "_served", "_since", "_timer", "server", "transport")
 
     def __init__(self, server: HealthServer) -> None:
         self.server = server
@@ -120,15 +129,15 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._served = 0
         self._paused = False
+        # When the connection last became idle or its current request began.
+        self._since = 0.0
 
     # -- transport events --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         limits = self.server.limits
         if len(self.server.connections) >= limits.max_connections:
-            self.server.refused += 1
-            self._respond(503, b"too many connections\n", TEXT, close=True, head_only=False)
-            return
+            self.server.evict()
         self.server.connections.add(self)
         self._arm(limits.header_timeout)
 
@@ -250,9 +259,15 @@ class _Connection(asyncio.Protocol):
             )
 
     # -- timers ------------------------------------------------------------------------
+    def eviction_order(self) -> tuple[bool, float]:
+        """Idle connections first (False sorts first), the longest idle first."""
+        return bool(self._buffer) or self._paused, self._since
+
     def _arm(self, seconds: float) -> None:
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+        loop = asyncio.get_running_loop()
+        self._since = loop.time()
+        self._timer = loop.call_later(seconds, self._expired)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

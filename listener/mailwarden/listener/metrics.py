@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import prometheus_client as prom
-
 from mailwarden.listener import figures
+from mailwarden.listener import promtext as prom
 
 # Outcomes of a connection attempt; one label value each on connections_total.
 ACCEPTED = "accepted"
@@ -35,8 +34,6 @@ DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600, 1800, 3600, 1440
 
 class Metrics:
     def __init__(self, registry: prom.CollectorRegistry | None = None) -> None:
-        # The *_created series only add noise to dashboards.
-        prom.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else prom.CollectorRegistry()
         r = self.registry
         self.active = prom.Gauge(

@@ -61,7 +61,8 @@ def build(
         drain_seconds=float(msvc.spec.drain_seconds),
         metrics_port=settings.metrics_port,
     )
-    text = lc.dumps(cfg)
+    # JSON (which is YAML too): the listener pod then needs no YAML parser (its footprint).
+    text = lc.dumps(cfg, "json")
     services, endpoints, warnings = _services(msvc, lost)
     warnings += [Warning("ExemptGroupUnresolved", p) for p in rendered.exempt_problems]
     return Children(
