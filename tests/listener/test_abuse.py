@@ -252,3 +252,46 @@ def test_failed_pop3_and_imap_logins_against_dovecot_ban_the_address(run_listene
     assert lt.metric("mailwarden_login_failures_total", service="mail/pop3") == 3
     assert lt.metric("mailwarden_login_failures_total", service="mail/imap") == 3
     assert lt.metric("mailwarden_banned_addresses", service="mail/imap") == 1
+
+
+def test_behind_a_trusted_load_balancer_the_client_of_the_proxy_header_is_counted(
+    run_listener, smtp_backend
+):
+    svc = service(
+        backend_port=smtp_backend.port,
+        hostname="svc",
+        proxy_protocol_from=("127.0.0.1/32",),
+        rate_limit=lc.RateLimit(connections_per_minute=1),
+    )
+    lt = run_listener(svc)
+    port = svc.listen[0].port
+
+    def through_balancer(client: str) -> bytes:
+        with connect(port, source="127.0.0.1") as s:
+            s.sendall(f"PROXY TCP4 {client} 192.0.2.1 40000 25\r\n".encode())
+            return read_line(s)
+
+    assert through_balancer("203.0.113.7") == b"220 backend ESMTP\r\n"
+    assert through_balancer("203.0.113.7").startswith(SMTP_RATE_LIMITED)
+    # The balancer's own address is not what is limited: other clients behind it go on.
+    assert through_balancer("203.0.113.8") == b"220 backend ESMTP\r\n"
+    assert outcome(lt, "rate_limited") == 1
+
+
+def test_an_ipv6_client_is_rate_limited_as_its_64(run_listener, smtp_backend):
+    svc = service(
+        address="::1",
+        backend_port=smtp_backend.port,
+        hostname="svc",
+        rate_limit=lc.RateLimit(connections_per_minute=1),
+    )
+    lt = run_listener(svc)
+    port = svc.listen[0].port
+    assert greeting_from_v6(port) == b"220 backend ESMTP\r\n"
+    assert greeting_from_v6(port).startswith(SMTP_RATE_LIMITED)
+    assert outcome(lt, "rate_limited") == 1
+
+
+def greeting_from_v6(port: int) -> bytes:
+    with connect(port, source="::1", host="::1") as s:
+        return read_line(s)

@@ -99,7 +99,6 @@ def test_the_nth_failure_within_the_window_bans_the_address_until_the_ban_ends()
     assert admit(guard, "192.0.2.2", 50.0) is abuse.Verdict.ADMITTED
     assert admit(guard, "192.0.2.1", 109.5) is abuse.Verdict.ADMITTED
     assert guard.banned_now(109.5) == 0
-    assert list(guard.recent) == [ban]
 
 
 def test_failures_spread_wider_than_the_window_do_not_ban():

@@ -42,8 +42,6 @@ class Addresses(Protocol):
 CAPACITY = 32_768
 # Bans remembered at once per service.
 BAN_CAPACITY = 32_768
-# Recent bans kept for the status endpoint (the operator turns them into Events).
-RECENT_BANS = 16
 RATE_WINDOW = 60.0  # connectionsPerMinute
 
 
@@ -185,7 +183,7 @@ class SlidingLog:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ban:
     key: str
-    # Wall-clock times, for people (the status endpoint and the operator's Events).
+    # Wall-clock times, for people (the listener's log line).
     started: float
     until: float
     failures: int
@@ -272,7 +270,6 @@ class Guard:
         "failures",
         "policy",
         "rates",
-        "recent",
     )
 
     def __init__(self, policy: Policy | None = None, capacity: int = CAPACITY) -> None:
@@ -281,7 +278,6 @@ class Guard:
         self.failures = SlidingLog(1, 60.0, capacity)
         self.bans = BanList(capacity)
         self.bans_started = 0
-        self.recent: collections.deque[Ban] = collections.deque(maxlen=RECENT_BANS)
         if policy is not None:
             self.configure(policy)
 
@@ -327,9 +323,7 @@ class Guard:
         self.bans.ban(key, now + policy.ban_seconds, now)
         self.bans_started += 1
         wall = time.time()
-        ban = Ban(key, wall, wall + policy.ban_seconds, failures, policy.within_seconds)
-        self.recent.append(ban)
-        return ban
+        return Ban(key, wall, wall + policy.ban_seconds, failures, policy.within_seconds)
 
     def banned_now(self, now: float) -> int:
         return self.bans.count(now)
