@@ -77,19 +77,21 @@ def test_names_short_names_categories_and_subresources():
     assert ipg["spec"]["versions"][0]["subresources"] == {"status": {}}
 
 
-def test_printer_columns_show_service_startup_state_endpoints_ready_active_refused_and_age():
+def test_printer_columns_show_service_startup_state_address_endpoints_ready_active_refused_age():
     (version,) = crd.mailservice_crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"] if "priority" not in c}
     assert list(columns) == [
         "Service",
         "Startup",
         "State",
+        "Address",
         "Endpoints",
         "Ready",
         "Active",
         "Refused",
         "Age",
     ]
+    assert columns["Address"]["jsonPath"] == ".status.address"
     assert columns["Active"]["jsonPath"] == ".status.connections.active"
     assert columns["Refused"]["jsonPath"] == ".status.connections.refused"
     assert columns["Active"]["type"] == columns["Refused"]["type"] == "integer"
@@ -135,6 +137,7 @@ def test_status_fields_are_the_ones_the_operator_writes():
             "state",
             "lastStateChange",
             "endpoints",
+            "address",
             "effectiveMaxConnectionsPerPod",
             "replicas",
             "selector",

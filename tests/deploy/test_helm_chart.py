@@ -32,10 +32,15 @@ NAMESPACED_RULES = [
     (["mailwarden.io"], ["ipaddressgroups"], ["list", "watch"]),
     (["mailwarden.io"], ["mailservices/status", "ipaddressgroups/status"], ["patch"]),
     (["mailwarden.io"], ["mailservices/finalizers"], ["update"]),
-    ([""], ["configmaps"], ["get", "list", "watch", "create", "patch"]),
+    ([""], ["configmaps"], ["get", "list", "watch", "create", "patch", "delete"]),
     ([""], ["services"], ["get", "list", "watch", "create", "patch", "delete"]),
-    (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch"]),
-    (["networking.k8s.io"], ["networkpolicies"], ["get", "list", "watch", "create", "patch"]),
+    (["apps"], ["deployments"], ["get", "list", "watch", "create", "patch", "delete"]),
+    (
+        ["networking.k8s.io"],
+        ["networkpolicies"],
+        ["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (["policy"], ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"]),
     ([""], ["pods"], ["list", "watch", "patch"]),
     ([""], ["events"], ["create"]),
 ]
@@ -206,6 +211,8 @@ def test_listener_image_and_defaults_reach_the_operator_from_values() -> None:
         "type": "NodePort",
         "externalTrafficPolicy": "Local",
         "annotations": {"metallb.universe.tf/address-pool": "mail"},
+        "loadBalancerClass": "example.com/edge-lb",
+        "addressRequest": "LoadBalancerIP",
     }
     assert defaults["nodeSelector"] == {"node-role.example.com/edge": "true"}
     assert defaults["tolerations"][0]["key"] == "edge"

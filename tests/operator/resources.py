@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from mailwarden.listener import config as lc
-from mailwarden.operator import models, naming
+from mailwarden.operator import listeners, models, naming
 from tests.support.operator import Client
 
 MW = models.API_VERSION
@@ -38,10 +40,26 @@ def ready(kube: Client, ns: str, name: str, reason: str = "Running") -> dict[str
     return obj
 
 
+def listener_of(kube: Client, ns: str, name: str) -> str:
+    """The (first) listener serving a MailService, as the operator's contract function says
+    (listeners.deployments)."""
+    body = kube.get(MW, "MailService", ns, name)
+    assert body is not None
+    msvc = models.MailService.model_validate({**body, "metadata": {**body["metadata"]}})
+    names = listeners.deployments(msvc)
+    assert names, f"no listener serves {ns}/{name}"
+    return names[0]
+
+
 def listener_config(kube: Client, ns: str, name: str) -> lc.ListenerConfig:
-    cm = kube.get("v1", "ConfigMap", ns, naming.base(name))
+    """The configuration of the listener serving `name`, with that MailService's service
+    first."""
+    cm = kube.get("v1", "ConfigMap", ns, listener_of(kube, ns, name))
     assert cm is not None
-    return lc.loads(cm["data"][naming.CONFIG_FILE])
+    cfg = lc.loads(cm["data"][naming.CONFIG_FILE])
+    mine = [s for s in cfg.services if s.name == f"{ns}/{name}"]
+    others = [s for s in cfg.services if s.name != f"{ns}/{name}"]
+    return msgspec.structs.replace(cfg, services=tuple(mine + others))
 
 
 def events_include(kube: Client, ns: str, name: str, reasons: set[str]) -> None:
@@ -65,7 +83,7 @@ def allowed(kube: Client, ns: str, name: str) -> tuple[str, ...] | None:
 
 
 def policy_cidrs(kube: Client, ns: str, name: str) -> list[str]:
-    np = kube.get("networking.k8s.io/v1", "NetworkPolicy", ns, naming.base(name))
+    np = kube.get("networking.k8s.io/v1", "NetworkPolicy", ns, listener_of(kube, ns, name))
     assert np is not None
     rules = [r for r in np["spec"]["ingress"] if any("ipBlock" in f for f in r.get("from", []))]
     return [f["ipBlock"]["cidr"] for r in rules for f in r["from"]]

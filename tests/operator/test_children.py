@@ -126,13 +126,15 @@ def test_the_listener_runs_from_the_mounted_config_with_probes_on_the_metrics_po
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["tls"]["mountPath"] == "/etc/mailwarden/tls"
+    # One directory per TLS Secret: the members of a shared listener may each bring one.
+    assert mounts["tls-0"]["mountPath"] == "/etc/mailwarden/tls/mail-tls"
     assert "subPath" not in mounts["config"]  # a subPath mount never sees ConfigMap updates
-    assert pod(built)["terminationGracePeriodSeconds"] == 45 + 10
+    # lame duck (5) + drain (45) + margin (10)
+    assert pod(built)["terminationGracePeriodSeconds"] == 5 + 45 + 10
     cfg = lc.loads(built.config_map["data"]["listener.yaml"])
     assert cfg.drain_seconds == 45
     assert cfg.services[0].tls is not None
-    assert str(cfg.services[0].tls.cert_file) == "/etc/mailwarden/tls/tls.crt"
+    assert str(cfg.services[0].tls.cert_file) == "/etc/mailwarden/tls/mail-tls/tls.crt"
 
 
 def test_a_config_change_leaves_the_deployment_alone() -> None:
@@ -178,17 +180,34 @@ def test_one_service_per_distinct_address_with_the_address_fixed() -> None:
         ),
         {},
     )
-    by_name = {s["metadata"]["name"]: s["spec"] for s in built.services}
+    by_name = {s["metadata"]["name"]: s for s in built.services}
     assert set(by_name) == {
         "mailwarden-svc",
-        "mailwarden-svc-192-0-2-10",
-        "mailwarden-svc-2001-db8--10",
+        "mailwarden--192-0-2-10",
+        "mailwarden--2001-db8--10",
     }
-    assert by_name["mailwarden-svc-192-0-2-10"]["loadBalancerIP"] == "192.0.2.10"
-    assert [p["port"] for p in by_name["mailwarden-svc-192-0-2-10"]["ports"]] == [80, 8080]
-    assert by_name["mailwarden-svc-2001-db8--10"]["ipFamilies"] == ["IPv6"]
-    assert [p["port"] for p in by_name["mailwarden-svc"]["ports"]] == [8081]
-    assert all(s["externalTrafficPolicy"] == "Local" for s in by_name.values())
+    v4 = by_name["mailwarden--192-0-2-10"]
+    # MetalLB's annotation, and not spec.loadBalancerIP as well: MetalLB refuses both.
+    assert v4["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == "192.0.2.10"
+    assert "loadBalancerIP" not in v4["spec"]
+    assert [p["port"] for p in v4["spec"]["ports"]] == [80, 8080]
+    assert by_name["mailwarden--2001-db8--10"]["spec"]["ipFamilies"] == ["IPv6"]
+    assert [p["port"] for p in by_name["mailwarden-svc"]["spec"]["ports"]] == [8081]
+    assert all(s["spec"]["externalTrafficPolicy"] == "Local" for s in by_name.values())
+
+
+def test_the_address_can_be_asked_for_in_spec_load_balancer_ip_instead() -> None:
+    built = children.build(
+        msvc(
+            listen=[{"address": "192.0.2.10"}],
+            expose={"addressRequest": "LoadBalancerIP", "loadBalancerClass": "example.com/lb"},
+        ),
+        {},
+    )
+    (svc,) = built.services
+    assert svc["spec"]["loadBalancerIP"] == "192.0.2.10"
+    assert svc["spec"]["loadBalancerClass"] == "example.com/lb"
+    assert "metallb.io/loadBalancerIPs" not in svc["metadata"]["annotations"]
 
 
 def test_a_nodeport_service_holds_its_address_as_an_external_ip() -> None:
@@ -231,7 +250,7 @@ def test_a_lost_claim_gets_no_service() -> None:
         "mail", "other", "2020-01-01T00:00:00Z", frozenset({("192.0.2.10", 25)})
     )
     built = children.build(service, {}, lost={("192.0.2.10", 25): holder})
-    assert [s["metadata"]["name"] for s in built.services] == ["mailwarden-svc-192-0-2-11"]
+    assert [s["metadata"]["name"] for s in built.services] == ["mailwarden--192-0-2-11"]
     assert [(e.address, e.port) for e in built.endpoints] == [("192.0.2.11", 25)]
 
 
@@ -285,8 +304,20 @@ def test_long_names_are_cut_deterministically_to_63_characters() -> None:
     assert len(naming.base(name)) <= 63
     assert naming.base(name) == naming.base(name)
     assert naming.base(name) != naming.base("a" * 62 + "b")
-    service = naming.service(name, "2001:db8:1234:5678:9abc:def0:1234:5678")
+    service = naming.address_listener("2001:db8:1234:5678:9abc:def0:1234:5678")
     assert len(service) <= 63 and service[-1].isalnum()
+    assert naming.address_listener("2001:db8::").startswith("mailwarden--")
+
+
+def test_no_two_mailservices_map_to_one_child_name() -> None:
+    """`smtp-192-0-2-25` without an address and `smtp` on 192.0.2.25 used to share a
+    Service name; a shared listener's names start with a double dash, which no MailService's
+    own can (its name starts with a letter or digit)."""
+    lonely = children.build(msvc("smtp-192-0-2-25"), {})
+    fixed = children.build(msvc("smtp", listen=[{"address": "192.0.2.25"}]), {})
+    a = {(c["kind"], c["metadata"]["name"]) for c in lonely.all}
+    b = {(c["kind"], c["metadata"]["name"]) for c in fixed.all}
+    assert a and b and not a & b
 
 
 def test_the_per_pod_cap_is_the_service_cap_split_over_replicas() -> None:

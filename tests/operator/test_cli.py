@@ -57,12 +57,19 @@ def test_render_prints_the_children_as_yaml(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    # The fixed address's listener (shared by whatever else listens on it; with two replicas,
+    # a PodDisruptionBudget), and the MailService's own for its port without an address.
     assert kinds == [
+        ("ConfigMap", "mailwarden--192-0-2-10"),
+        ("Deployment", "mailwarden--192-0-2-10"),
+        ("Service", "mailwarden--192-0-2-10"),
+        ("NetworkPolicy", "mailwarden--192-0-2-10"),
+        ("PodDisruptionBudget", "mailwarden--192-0-2-10"),
         ("ConfigMap", "mailwarden-submission"),
         ("Deployment", "mailwarden-submission"),
         ("Service", "mailwarden-submission"),
-        ("Service", "mailwarden-submission-192-0-2-10"),
         ("NetworkPolicy", "mailwarden-submission"),
+        ("PodDisruptionBudget", "mailwarden-submission"),
     ]
     config = yaml.safe_load(docs[0]["data"]["listener.yaml"])
     assert config["services"][0]["allow"] == ["198.51.100.0/24"]

@@ -41,15 +41,24 @@ def test_the_later_service_does_not_take_a_claimed_address_and_takes_over_later(
     assert condition(loser, "Stalled")["status"] == "False"
     assert condition(loser, "Reconciling")["status"] == "True"
     # It keeps what it can have, not what it cannot.
-    assert kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-101") is not None
-    assert kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-100") is None
-    assert loser["status"]["endpoints"] == ["192.0.2.101:443"]
+    assert kube.get("v1", "Service", ns, "mailwarden--192-0-2-101") is not None
+    held = kube.get("v1", "Service", ns, "mailwarden--192-0-2-100")
+    assert held is not None and [p["port"] for p in held["spec"]["ports"]] == [80]
+    assert [r["name"] for r in held["metadata"]["ownerReferences"]] == ["a-first"]
+
+    def assigned() -> None:
+        obj = kube.get(MW, "MailService", ns, "b-second")
+        assert obj is not None and obj["status"]["endpoints"] == ["192.0.2.101:443"]
+
+    eventually(assigned)
     eventually(lambda: events_include(kube, ns, "b-second", {"ListenConflict"}))
 
     kube.delete(MW, "MailService", ns, "a-first")
     eventually(lambda: ready(kube, ns, "b-second"))
-    svc = kube.get("v1", "Service", ns, "mailwarden-b-second-192-0-2-100")
-    assert svc is not None and svc["spec"]["loadBalancerIP"] == "192.0.2.100"
+    svc = kube.get("v1", "Service", ns, "mailwarden--192-0-2-100")
+    assert svc is not None
+    assert svc["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == "192.0.2.100"
+    assert [r["name"] for r in svc["metadata"]["ownerReferences"]] == ["b-second"]
 
 
 def test_a_conflict_across_namespaces_counts_too(kube: Client, ns: str) -> None:

@@ -122,12 +122,13 @@ def test_a_child_refused_by_an_admission_policy_reaches_the_status_without_a_ret
     message = condition(obj, "Ready")["message"]
     assert "ValidatingAdmissionPolicy 'no-external-ips'" in message
     assert "externalIPs are not allowed" in message
-    assert naming.service("smtp", "192.0.2.25") in message and "(422)" in message
+    listener = naming.address_listener("192.0.2.25")
+    assert listener in message and "(422)" in message
     assert condition(obj, "Stalled")["status"] == "True"
     assert condition(obj, "Reconciling")["status"] == "False"
     # Everything else was applied anyway.
-    assert kube.get("apps/v1", "Deployment", ns, naming.base("smtp")) is not None
-    assert kube.get("v1", "ConfigMap", ns, naming.base("smtp")) is not None
+    assert kube.get("apps/v1", "Deployment", ns, listener) is not None
+    assert kube.get("v1", "ConfigMap", ns, listener) is not None
     eventually(lambda: _equals(warnings(kube, ns, "smtp", Reason.APPLY_FAILED), 1))
     # No hot retry loop. The Deployment's rollout (its status events) may reconcile once
     # more; after that, over two seconds, no further attempt at the Service.
@@ -281,10 +282,7 @@ def _pod(ns: str, name: str, waiting: dict[str, str] | None) -> dict[str, Any]:
         "metadata": {
             "name": f"{naming.base(name)}-5d8f-x2k9q",
             "namespace": ns,
-            "labels": {
-                **naming.selector(name),
-                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
-            },
+            "labels": naming.labels(naming.base(name), name),
         },
         "spec": {"containers": [{"name": "listener", "image": "mailwarden-listener:test"}]},
         "status": {"containerStatuses": [{"name": "listener", "state": state}]},

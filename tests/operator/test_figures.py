@@ -109,7 +109,7 @@ def pod(labels: dict[str, str], ip: str = "10.0.0.5", phase: str = "Running") ->
 
 
 def test_which_pods_serve_a_mailservice() -> None:
-    own = figures.pod_of(pod(naming.selector("smtp")))
+    own = figures.pod_of(pod(naming.labels(naming.base("smtp"), "smtp")))
     assert own is not None
     assert figures.serves(own, "smtp", figures.listeners_of("mail", "smtp"))
     assert not figures.serves(own, "imap", figures.listeners_of("mail", "imap"))
@@ -118,8 +118,8 @@ def test_which_pods_serve_a_mailservice() -> None:
     assert figures.serves(shared, "smtp", ("mailwarden--192-0-2-25",))
     assert not figures.serves(shared, "smtp", figures.listeners_of("mail", "smtp"))
     # Not asked: no address yet, or not running.
-    assert figures.pod_of(pod(naming.selector("smtp"), ip="")) is None
-    assert figures.pod_of(pod(naming.selector("smtp"), phase="Pending")) is None
+    assert figures.pod_of(pod(naming.labels(naming.base("smtp"), "smtp"), ip="")) is None
+    assert figures.pod_of(pod(naming.labels(naming.base("smtp"), "smtp"), phase="Pending")) is None
 
 
 def test_polling_settings_are_read_and_bad_values_refused() -> None:

@@ -35,7 +35,9 @@ def test_a_new_mailservice_gets_its_children_and_becomes_ready(kube: Client, ns:
     assert condition(obj, "Reconciling")["status"] == "False"
     assert condition(obj, "Stalled")["status"] == "False"
 
-    deployment = kube.get("apps/v1", "Deployment", ns, "mailwarden-smtp")
+    # The listener of the address (shared with any other MailService on it): every
+    # MailService on it an owner, none the controller.
+    deployment = kube.get("apps/v1", "Deployment", ns, "mailwarden--192-0-2-25")
     assert deployment is not None
     assert deployment["spec"]["replicas"] == 2
     owner = deployment["metadata"]["ownerReferences"][0]
@@ -43,13 +45,20 @@ def test_a_new_mailservice_gets_its_children_and_becomes_ready(kube: Client, ns:
         "MailService",
         "smtp",
         created["metadata"]["uid"],
-        True,
+        False,
     )
-    svc = kube.get("v1", "Service", ns, "mailwarden-smtp-192-0-2-25")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["mailwarden.io/listener"] == "mailwarden--192-0-2-25"
+    svc = kube.get("v1", "Service", ns, "mailwarden--192-0-2-25")
     assert svc is not None
-    assert svc["spec"]["loadBalancerIP"] == "192.0.2.25"
+    assert svc["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == "192.0.2.25"
+    assert svc["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.0.2.25"
     assert svc["spec"]["externalTrafficPolicy"] == "Local"
-    assert kube.get("networking.k8s.io/v1", "NetworkPolicy", ns, "mailwarden-smtp") is not None
+    assert obj["status"]["address"] == "192.0.2.25"
+    np = kube.get("networking.k8s.io/v1", "NetworkPolicy", ns, "mailwarden--192-0-2-25")
+    assert np is not None
+    budget = kube.get("policy/v1", "PodDisruptionBudget", ns, "mailwarden--192-0-2-25")
+    assert budget is not None and budget["spec"]["maxUnavailable"] == 1
     assert listener_config(kube, ns, "smtp").services[0].max_connections == 50
     eventually(lambda: events_include(kube, ns, "smtp", {"Created", "Running"}))
 
@@ -107,7 +116,7 @@ def test_a_spec_change_reaches_the_config_without_restarting_pods(kube: Client, 
     assert after == template
 
 
-def test_a_changed_port_moves_the_service_and_container_port(kube: Client, ns: str) -> None:
+def test_a_changed_port_moves_the_service_port_without_restarting(kube: Client, ns: str) -> None:
     kube.apply(mailservice(ns, "sub", service="Submission"))
     eventually(lambda: ready(kube, ns, "sub"))
     kube.patch(MW, "MailService", ns, "sub", {"spec": {"listen": [{"port": 2525}]}})
@@ -116,10 +125,12 @@ def test_a_changed_port_moves_the_service_and_container_port(kube: Client, ns: s
         svc = kube.get("v1", "Service", ns, "mailwarden-sub")
         assert svc is not None
         assert [p["port"] for p in svc["spec"]["ports"]] == [2525]
+        assert listener_config(kube, ns, "sub").services[0].listen[0].port == 2525
         dep = kube.get("apps/v1", "Deployment", ns, "mailwarden-sub")
         assert dep is not None
+        # Container ports are informational; listing the services' would restart the pods.
         ports = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
-        assert [p["containerPort"] for p in ports] == [2525, 9090]
+        assert [p["containerPort"] for p in ports] == [9090]
 
     eventually(moved)
 
@@ -131,10 +142,12 @@ def test_a_dropped_address_loses_its_service(kube: Client, ns: str) -> None:
         )
     )
     eventually(lambda: ready(kube, ns, "web"))
-    assert kube.get("v1", "Service", ns, "mailwarden-web-192-0-2-81") is not None
+    assert kube.get("v1", "Service", ns, "mailwarden--192-0-2-81") is not None
     kube.patch(MW, "MailService", ns, "web", {"spec": {"listen": [{"address": "192.0.2.80"}]}})
-    eventually(lambda: _gone(kube, "v1", "Service", ns, "mailwarden-web-192-0-2-81"))
-    assert kube.get("v1", "Service", ns, "mailwarden-web-192-0-2-80") is not None
+    # The address's listener had no other member: all of its children go.
+    for api, kind in (("v1", "Service"), ("apps/v1", "Deployment"), ("v1", "ConfigMap")):
+        eventually(lambda api=api, kind=kind: _gone(kube, api, kind, ns, "mailwarden--192-0-2-81"))
+    assert kube.get("v1", "Service", ns, "mailwarden--192-0-2-80") is not None
 
 
 def _gone(kube: Client, api: str, kind: str, ns: str, name: str) -> None:

@@ -30,14 +30,15 @@ def exercise(kube: Client, ns: str) -> None:
             ns,
             "sub",
             service="Submission",
-            listen=[{"address": "198.51.100.7"}, {"port": 2587}],
+            listen=[{"address": "198.51.100.7"}, {"address": "198.51.100.8"}, {"port": 2587}],
             access={"allowFrom": "outer"},
+            replicas=2,
         )
     )
     eventually(lambda: ready(kube, ns, "sub"))
     kube.apply(mailservice(ns, "takeover", listen=[{"address": "198.51.100.7", "port": 587}]))
     eventually(lambda: ready(kube, ns, "takeover", "ListenConflict"))
-    labels = naming.selector("sub")
+    labels = naming.labels(naming.base("sub"), "sub")
     kube.apply(
         {
             "apiVersion": "v1",
@@ -55,14 +56,25 @@ def exercise(kube: Client, ns: str) -> None:
         assert naming.ANNOTATION_CONFIG_HASH in (pod["metadata"].get("annotations") or {})
 
     eventually(nudged)
-    # A fixed address dropped: its Service is pruned; the later service takes it over.
+    # A disruption budget edited by hand is put back.
+    budget = ("policy/v1", "PodDisruptionBudget", ns, naming.base("sub"))
+    kube.patch(*budget, {"spec": {"maxUnavailable": 2}})
+    eventually(lambda: _budget(kube, *budget, 1))
+    # Fixed addresses dropped and down to one replica: the listener no one else uses goes
+    # whole, the later service takes the other over, the budgets go.
     kube.apply(
         mailservice(
-            ns, "sub", service="Submission", listen=[{"port": 2587}], access={"allowFrom": "outer"}
+            ns,
+            "sub",
+            service="Submission",
+            listen=[{"port": 2587}],
+            access={"allowFrom": "outer"},
+            replicas=1,
         )
     )
     eventually(lambda: ready(kube, ns, "takeover"))
-    eventually(lambda: _gone(kube, ns, naming.service("sub", "198.51.100.7")))
+    eventually(lambda: _gone(kube, ns, naming.address_listener("198.51.100.8")))
+    eventually(lambda: _no_budget(kube, *budget))
     # Hand edits and deletions of children are put back.
     kube.delete("v1", "ConfigMap", ns, naming.base("sub"))
     eventually(lambda: _there(kube, ns, "v1", "ConfigMap", naming.base("sub")))
@@ -90,7 +102,7 @@ def exercise(kube: Client, ns: str) -> None:
     # A missing group, then the group deleted and a service deleted.
     kube.apply(mailservice(ns, "nogroup", service="IMAP", access={"allowFrom": "nowhere"}))
     eventually(lambda: ready(kube, ns, "nogroup", "IPAddressGroupNotFound"))
-    events_include(kube, ns, "takeover", {"ListenConflict", "Created"})
+    events_include(kube, ns, "takeover", {"ListenConflict", "Updated"})
     kube.delete(MW, "IPAddressGroup", ns, "outer")
     eventually(lambda: ready(kube, ns, "sub", "IPAddressGroupNotFound"))
     kube.delete(MW, "MailService", ns, "takeover")
@@ -99,6 +111,15 @@ def exercise(kube: Client, ns: str) -> None:
 
 def _gone(kube: Client, ns: str, name: str) -> None:
     assert kube.get("v1", "Service", ns, name) is None
+
+
+def _budget(kube: Client, api: str, kind: str, ns: str, name: str, max_unavailable: int) -> None:
+    obj = kube.get(api, kind, ns, name)
+    assert obj is not None and obj["spec"]["maxUnavailable"] == max_unavailable
+
+
+def _no_budget(kube: Client, api: str, kind: str, ns: str, name: str) -> None:
+    assert kube.get(api, kind, ns, name) is None
 
 
 def _gone_msvc(kube: Client, ns: str, name: str) -> None:

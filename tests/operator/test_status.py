@@ -65,6 +65,8 @@ def test_the_first_failing_check_gives_the_reason() -> None:
             Reason.REPLICA_FAILURE: "quota",
         },
         pod_failures={Reason.IMAGE_PULL_BACK_OFF: "pull", Reason.CRASH_LOOP_BACK_OFF: "crash"},
+        foreign=("Service x is controlled by Example y (uid)",),
+        pending=("the load balancer to assign 192.0.2.1",),
     )
     order = []
     checks = list(status.CHECKS)
@@ -76,12 +78,14 @@ def test_the_first_failing_check_gives_the_reason() -> None:
         Reason.GROUP_NOT_FOUND,
         Reason.GROUP_CYCLE,
         Reason.LISTEN_CONFLICT,
+        Reason.OWNED_ELSEWHERE,
         Reason.APPLY_FAILED,
         Reason.STOPPED,
         Reason.PROGRESS_DEADLINE_EXCEEDED,
         Reason.IMAGE_PULL_BACK_OFF,
         Reason.BACKEND_UNREACHABLE,
         Reason.STARTING,
+        Reason.ADDRESS_PENDING,
     ]
 
 

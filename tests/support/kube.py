@@ -29,11 +29,14 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
   CRDs' printer columns (tests/support/tables.py);
 - admission for the project's custom resources: the CRDs from deploy/crds default and
   validate every write, CEL rules included (tests/support/crdcheck.py, with its limits);
+- Services as a cluster with MetalLB treats them (tests/support/loadbalancer.py): cluster
+  IPs and node ports allocated at admission, load-balancer addresses assigned (or left
+  pending) by MetalLB's sharing rules after every Service write.
 
 What it does not do, and the tests that would need it say so: garbage collection of
 dependents, schema validation of built-in kinds, admission webhooks and policies (Pod
-Security), server-side apply, set-based selectors and field selectors, pods, Services' address
-allocation, and any real controller but the Deployment stand-in.
+Security), server-side apply, set-based selectors and field selectors, pods, and any real
+controller but these stand-ins.
 """
 
 from __future__ import annotations
@@ -59,13 +62,14 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 from kmock._internal import parsing as kmock_parsing
 
-from tests.support import crdcheck, quantities, tables
+from tests.support import crdcheck, loadbalancer, quantities, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STATUS_SUBRESOURCE = {
     ("mailwarden.io", "mailservices"),
     ("mailwarden.io", "ipaddressgroups"),
     ("apps", "deployments"),
+    ("", "services"),
 }
 LOG_LIMIT = 20_000
 
@@ -111,6 +115,12 @@ class Emulator(kmock.KubernetesEmulator):
     # blockOwnerDeletion for: (User-Agent, apiVersion, kind). Sets, so bounded by what the
     # operator can do, not by how long it runs. The RBAC test reads them.
     audit: set[tuple[str, str, str, str, str | None]] = attrs.field(factory=set)
+    # Services as a cluster treats them (tests/support/loadbalancer.py): the API server's
+    # cluster-IP and node-port allocators, and MetalLB assigning load-balancer addresses.
+    service_allocators: loadbalancer.ApiServerAllocators = attrs.field(
+        factory=loadbalancer.ApiServerAllocators
+    )
+    metallb: loadbalancer.MetalLB = attrs.field(factory=loadbalancer.MetalLB)
     blocking_owners: set[tuple[str, str, str]] = attrs.field(factory=set)
     # Admission stand-ins (tests/support/admission.py): called with (plural, namespace,
     # object, old object or None) on every create and update; they raise
@@ -272,7 +282,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _mutate(self, request: rendering.Request) -> tuple[dict[str, Any], int]:
         res = request.resource
-        has_status = (res.group, res.plural) in STATUS_SUBRESOURCE
+        has_status = (res.group or "", res.plural) in STATUS_SUBRESOURCE
         if request.action == enums.action.CREATE:
             return await self._create(request, has_status), 201
         old = self._live(self._key(request))
@@ -311,6 +321,8 @@ class Emulator(kmock.KubernetesEmulator):
         if has_status:
             obj.pop("status", None)
         obj = self._admit(request, obj, None)
+        if _is_services(request):
+            obj = self.service_allocators.admit(obj, None)
         self._store(key, obj)
         await self._publish(request.resource, "ADDED", obj)
         await self._play_controllers(request, key)
@@ -352,6 +364,8 @@ class Emulator(kmock.KubernetesEmulator):
             if "status" in old:
                 new["status"] = old["status"]
         new = self._admit(request, new, old)
+        if _is_services(request) and request.subresource is None:
+            new = self.service_allocators.admit(new, old)
         meta = new.setdefault("metadata", {})
         for field in (
             "uid",
@@ -399,6 +413,8 @@ class Emulator(kmock.KubernetesEmulator):
         await self._publish(request.resource, "DELETED", old)
         if self.pods is not None:
             await self.pods.deleted(str(request.resource.plural), key[1], key[2])
+        if _is_services(request):
+            await self.assign_load_balancers()
         return old
 
     def _admit(
@@ -424,6 +440,8 @@ class Emulator(kmock.KubernetesEmulator):
         res = request.resource
         if (res.group, res.plural) == ("apps", "deployments") and self.deployment_controller:
             await self._roll_out(key)
+        if _is_services(request):
+            await self.assign_load_balancers()
         if self.pods is not None:
             await self.pods.changed(str(res.plural), key)
 
@@ -443,6 +461,41 @@ class Emulator(kmock.KubernetesEmulator):
         self._objects[key].delete()
         obj["metadata"]["resourceVersion"] = self._next_rv()
         await self._publish(key[0], "DELETED", obj)
+
+    # -- MetalLB's controller (tests/support/loadbalancer.py) -------------------------------
+
+    def services(self) -> list[dict[str, Any]]:
+        """Every live Service, in creation order."""
+        out = []
+        for key, obj in self._objects.items():
+            if key[0].plural == "services" and not key[0].group and not obj.deleted:
+                out.append(copy.deepcopy(obj.raw))
+        return out
+
+    async def assign_load_balancers(self) -> None:
+        """Give every LoadBalancer Service the addresses MetalLB would, or none (pending).
+        Called with the emulator's lock held, after every Service write."""
+        assigned = self.metallb.assign(self.services())
+        for key, obj in list(self._objects.items()):
+            if key[0].plural != "services" or key[0].group or obj.deleted:
+                continue
+            raw = copy.deepcopy(obj.raw)
+            name = f"{key[1]}/{key[2]}"
+            ips = assigned.get(name, [])
+            status = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}
+            if not ips:
+                status = {"loadBalancer": {}}
+            if raw.get("status") == status:
+                continue
+            raw["status"] = status
+            raw["metadata"]["resourceVersion"] = self._next_rv()
+            self._store(key, raw)
+            await self._publish(key[0], "MODIFIED", raw)
+
+    async def reassign_load_balancers(self) -> None:
+        """Run MetalLB again (after a test changed its pools or turned it on)."""
+        async with self._lock:
+            await self.assign_load_balancers()
 
     async def _roll_out(self, key: Any) -> None:
         obj = self._live(key)
@@ -649,6 +702,13 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
+    "policy/v1/poddisruptionbudgets": kmock.ResourceInfo(
+        kind="PodDisruptionBudget",
+        singular="poddisruptionbudget",
+        namespaced=True,
+        subresources={"status"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
     # kopf lists and watches CRDs to notice resources appearing (none are stored here).
     "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
         kind="CustomResourceDefinition",
@@ -672,6 +732,11 @@ def _parse_path(path: str) -> kmock_parsing.ParsedPath:
 
 _kmock_parse_path = kmock_parsing.parse_path
 kmock_parsing.parse_path = _parse_path
+
+
+def _is_services(request: rendering.Request) -> bool:
+    res = request.resource
+    return res is not None and res.plural == "services" and not res.group
 
 
 def load_crds() -> dict[str, dict[str, Any]]:

@@ -19,6 +19,14 @@ class OwnerGone(Exception):
     """The object the children are for went away while they were being applied."""
 
 
+class NotOurs(Exception):
+    """An object of the child's name exists and belongs to someone else: not touched."""
+
+
+# live, desired -> why the live object must not be changed, or None.
+Check = Callable[[Mapping[str, Any], Mapping[str, Any]], str | None]
+
+
 # Keys under which the API server keeps resource quantities: it stores them in canonical form
 # (`1024Mi` -> `1Gi`, `0.5` -> `500m`, `1000m` -> `1`), so they are compared by value, or
 # every reconciliation would patch them back.
@@ -53,10 +61,14 @@ def same_quantity(a: Any, b: Any) -> bool:
 
 
 async def ensure(
-    api: kube.Api, desired: Mapping[str, Any], owner_alive: Guard | None = None
+    api: kube.Api,
+    desired: Mapping[str, Any],
+    owner_alive: Guard | None = None,
+    guard: Check | None = None,
 ) -> tuple[Action, dict[str, Any]]:
     """owner_alive is asked before creating: a child found missing may be the garbage
-    collector's work after its owner was deleted, which the caller may not know yet."""
+    collector's work after its owner was deleted, which the caller may not know yet. guard
+    is asked before changing an object that exists; NotOurs when it objects."""
     path = kube.path_of(desired)
     live = await api.get(path)
     if live is None:
@@ -65,6 +77,8 @@ async def ensure(
         meta = desired["metadata"]
         coll = kube.collection(desired["apiVersion"], desired["kind"], meta.get("namespace"))
         return "created", await api.create(coll, desired)
+    if guard is not None and (why := guard(live, desired)):
+        raise NotOurs(why)
     if contains(live, desired):
         return "unchanged", live
     # A merge patch of the whole manifest: lists are replaced, so hand-added containers,

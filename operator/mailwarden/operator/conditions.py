@@ -14,6 +14,9 @@ Status = Literal["True", "False", "Unknown"]
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+# Not a kstatus condition: True while the spec asks for something that cannot work as
+# written (the reason names what).
+WARNING = "Warning"
 
 
 class Condition(TypedDict):
@@ -32,6 +35,8 @@ class Reason:
     GROUP_NOT_FOUND = "IPAddressGroupNotFound"
     GROUP_CYCLE = "IPAddressGroupCycle"
     LISTEN_CONFLICT = "ListenConflict"
+    # A child's name is taken by an object another owner controls.
+    OWNED_ELSEWHERE = "OwnedElsewhere"
     APPLY_FAILED = "ApplyFailed"
     STOPPED = "Stopped"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
@@ -41,6 +46,8 @@ class Reason:
     BACKEND_UNREACHABLE = "BackendUnreachable"
     ADDRESS_PENDING = "AddressPending"
     STARTING = "Starting"
+    # Warnings (Warning condition and Events).
+    CLIENT_ADDRESS_LOST = "ClientAddressLost"
     RUNNING = "Running"
     RESOLVED = "Resolved"
     RECONCILED = "Reconciled"
@@ -76,6 +83,12 @@ READY_FALSE: dict[str, Meaning] = {
         "or an admission policy); its message is in the condition. Reconciling=True instead "
         "for a ResourceQuota refusal, retried with backoff until quota frees",
     ),
+    Reason.OWNED_ELSEWHERE: Meaning(
+        True,
+        False,
+        "a child's name is taken by an object that is not the operator's, or that another "
+        "owner controls; the operator leaves it alone until someone removes or renames it",
+    ),
     Reason.PROGRESS_DEADLINE_EXCEEDED: Meaning(
         True,
         False,
@@ -101,7 +114,10 @@ READY_FALSE: dict[str, Meaning] = {
         False, True, "the backend does not answer the operator's TCP probe yet"
     ),
     Reason.ADDRESS_PENDING: Meaning(
-        False, True, "the load balancer has not assigned the requested address yet"
+        False,
+        True,
+        "the Service has not got its address yet: the requested one is not in "
+        "status.loadBalancer.ingress (no node port, no cluster IP for the other types)",
     ),
     Reason.STARTING: Meaning(False, True, "listener pods are starting or rolling"),
     Reason.STOPPED: Meaning(False, False, "stopped on purpose (Manual startup or state)"),

@@ -147,6 +147,14 @@ RULES: dict[str, list[Schema]] = {
 
 # Rules on single properties: (model, property alias) -> rules.
 PROPERTY_RULES: dict[tuple[str, str], list[Schema]] = {
+    ("ListenAddress", "port"): [
+        {
+            "rule": f"self != {port}",
+            "message": message,
+            "reason": "FieldValueForbidden",
+        }
+        for port, message in models.RESERVED_PORTS.items()
+    ],
     ("MailServiceSpec", "service"): [
         {
             "rule": "self == oldSelf",
@@ -167,7 +175,7 @@ LIST_MAPS: dict[tuple[str, str], list[str]] = {
 # cluster-wide defaults (the Helm chart's `listener.defaults`) apply to what was not said.
 # The models' own defaults are the operator's built-in ones.
 OPERATOR_DEFAULTS: frozenset[tuple[str, str]] = frozenset(
-    {("Expose", "type"), ("Expose", "externalTrafficPolicy")}
+    {("Expose", "type"), ("Expose", "externalTrafficPolicy"), ("Expose", "addressRequest")}
 )
 
 # -- schema conversion ----------------------------------------------------------------------
@@ -371,7 +379,12 @@ def mailservice_crd() -> Schema:
         _column("Service", ".spec.service", "Which service of the catalogue."),
         _column("Startup", ".spec.startup", "Automatic or Manual."),
         _column("State", ".status.state", "Running, Stopped or Starting."),
-        _column("Endpoints", ".status.endpoints", "Effective listen addresses and ports."),
+        _column(
+            "Address",
+            ".status.address",
+            "Where clients reach it, as assigned (<pending> until the load balancer assigns).",
+        ),
+        _column("Endpoints", ".status.endpoints", "Assigned addresses and ports."),
         _column("Ready", f"{_READY}.status", "The Ready condition."),
         _column("Active", ".status.connections.active", "Sessions open now, all pods.", "integer"),
         _column(

@@ -42,9 +42,9 @@ class Pod:
 
 
 def listeners_of(namespace: str, name: str) -> tuple[str, ...]:
-    """The listener Deployments serving a MailService (contract C5). Today every MailService
-    has a Deployment of its own; the one-listener-per-fixed-address work replaces this body
-    with its own function."""
+    """A MailService's own listener Deployment only: what serves it when nothing more is
+    known. The operator asks `reconcile.World.listener_deployments` (contract C5, through
+    listeners.deployments), which knows the shared listeners of its fixed addresses."""
     return (naming.base(name),)
 
 

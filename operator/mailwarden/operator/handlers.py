@@ -8,8 +8,10 @@
   addresses or report a listen conflict (takeover);
 - an IPAddressGroup changed -> its status, and every MailService using it directly or through
   nesting (ConfigMap and NetworkPolicy; the pods reload, nothing restarts);
-- a child (Deployment, ConfigMap, Service, NetworkPolicy) changed or deleted -> reconcile its
-  MailService: edits by hand are put back, rollouts update the status;
+- a child (Deployment, ConfigMap, Service, NetworkPolicy, PodDisruptionBudget) changed or
+  deleted -> reconcile the MailServices owning it (a shared listener's children name every
+  MailService on the address): edits by hand are put back, rollouts and load-balancer
+  addresses update the status;
 - every MAILWARDEN_RESYNC_SECONDS -> everything once more (level-based, so a no-op when all
   is well), which also retries fan-out that failed;
 - every MAILWARDEN_BACKEND_PROBE_SECONDS -> a TCP probe of every running MailService's
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -42,7 +45,7 @@ MSVC = (models.GROUP, models.VERSION, "mailservices")
 IPG = (models.GROUP, models.VERSION, "ipaddressgroups")
 CHILD_LABELS: dict[str, Any] = {
     naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
-    naming.LABEL_MAILSERVICE: kopf.PRESENT,
+    naming.LABEL_LISTENER: kopf.PRESENT,
 }
 # Server-side: what the API server filters every list and watch of the child kinds by.
 MANAGED_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
@@ -51,6 +54,7 @@ CHILD_RESOURCES = (
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    ("policy", "v1", "poddisruptionbudgets"),
     ("", "v1", "pods"),
 )
 LIST_CHUNK = 500
@@ -205,6 +209,7 @@ async def ip_address_group(
 @kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS)
 @kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
 async def child_changed(
     body: kopf.Body,
     type: str | None,
@@ -223,14 +228,23 @@ async def child_changed(
     elif memo.ctx.already_seen(body):
         return  # the echo of a version a finished reconciliation already worked from
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
-    owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
-    if owner is None:
-        return
-    if type == "DELETED" and not await _still_there(memo.ctx, owner):
-        # The garbage collector at work after the owner went (its deletion may not have
-        # reached the index yet): nothing to put back.
-        return
-    await _quietly(reconcile.mailservice(memo.ctx, owner, world, unless_seen=body))
+    # A shared listener's children name every MailService on the address as an owner.
+    names = {
+        str(ref.get("name"))
+        for ref in body.metadata.get("ownerReferences") or []
+        if ref.get("kind") == "MailService"
+    }
+    if naming.LABEL_MAILSERVICE in labels:
+        names.add(labels[naming.LABEL_MAILSERVICE])
+    for name in sorted(names):
+        owner = world.services.get((namespace, name))
+        if owner is None:
+            continue
+        if type == "DELETED" and not await _still_there(memo.ctx, owner):
+            # The garbage collector at work after the owner went (its deletion may not have
+            # reached the index yet): nothing to put back.
+            continue
+        await _quietly(reconcile.mailservice(memo.ctx, owner, world, unless_seen=body))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
@@ -256,8 +270,9 @@ async def pod_changed(
     if now == before or type is None:
         return  # nothing new; the initial listing is covered by the resume handlers
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
-    owner = world.services.get((namespace, labels[naming.LABEL_MAILSERVICE]))
-    if owner is not None:
+    listener = labels[naming.LABEL_LISTENER]
+    defaults = memo.ctx.settings.listener_defaults
+    for owner in world.served_by(namespace, listener, defaults):
         await _quietly(reconcile.mailservice(memo.ctx, owner, world))
 
 
@@ -376,6 +391,9 @@ async def _poll_figures(
                     seconds=settings.figures_timeout,
                     concurrency=settings.figures_concurrency,
                     http=http,
+                    listeners_of=functools.partial(
+                        world.listener_deployments, defaults=settings.listener_defaults
+                    ),
                 )
                 stamp = conditions.now()
                 for key, outcome in outcomes.items():

@@ -30,6 +30,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "customresourcedefinitions",
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     (models.API_VERSION, "MailService"): "mailservices",
     (models.API_VERSION, "IPAddressGroup"): "ipaddressgroups",
 }

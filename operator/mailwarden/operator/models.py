@@ -38,6 +38,14 @@ ServiceName = Literal[
 ]
 assert set(ServiceName.__args__) == set(catalogue.SERVICE_NAMES)  # type: ignore[attr-defined]
 
+# Ports a listener pod uses itself: a service listening there would make the pod crash on
+# start (address in use) over and over. The operator's metrics port (Settings.metrics_port).
+METRICS_PORT = 9090
+RESERVED_PORTS = {
+    METRICS_PORT: f"port {METRICS_PORT} is the listener pod's own metrics and health port "
+    "(/metrics, /healthz, /readyz); choose another port",
+}
+
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -87,6 +95,13 @@ class ListenAddress(_Spec):
             return str(ipaddress.ip_address(v))
         except ValueError:
             raise ValueError(f"{v!r} is not an IPv4 or IPv6 address") from None
+
+    @pydantic.field_validator("port")
+    @classmethod
+    def _not_the_pod_s(cls, v: int | None) -> int | None:
+        if v in RESERVED_PORTS:
+            raise ValueError(RESERVED_PORTS[v])
+        return v
 
 
 # Ranges of the abuse-defence settings: (lowest, highest). Checked by a validator here and by
@@ -302,7 +317,34 @@ class Expose(_Spec):
     annotations: dict[str, AnnotationValue] = Field(
         default_factory=dict,
         max_length=64,
-        description="Annotations for the Service (load-balancer settings).",
+        description=(
+            "Annotations for the Service, passed through as they are (load-balancer settings: "
+            "an address pool, an AWS EIP allocation, an internal load balancer...). On an "
+            "address several MailServices share, the Service gets the annotations of all of "
+            "them (the older MailService's value where two set the same key)."
+        ),
+    )
+    load_balancer_class: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+        description=(
+            "The Service's spec.loadBalancerClass: which load-balancer implementation serves it "
+            "(e.g. service.k8s.aws/nlb for the AWS Load Balancer Controller). Absent: the "
+            "operator's default (Helm value listener.defaults.expose.loadBalancerClass), else "
+            "the cluster's default implementation. LoadBalancer only."
+        ),
+    )
+    address_request: Literal["Annotation", "LoadBalancerIP"] = Field(
+        default="Annotation",
+        description=(
+            "How a fixed address is asked of the load balancer. Annotation: the "
+            "metallb.io/loadBalancerIPs annotation (MetalLB). LoadBalancerIP: the deprecated "
+            "spec.loadBalancerIP field (GKE, AKS, kube-vip, Cilium and MetalLB read it). Never "
+            "both: MetalLB refuses a Service that has both. Absent: the operator's default "
+            "(Helm value listener.defaults.expose.addressRequest, Annotation unless changed)."
+        ),
     )
 
 
@@ -616,8 +658,18 @@ class MailServiceStatus(_Status):
         default_factory=list,
         max_length=16,
         description=(
-            'The effective listen endpoints, "address:port" ("*:port" for all addresses, '
-            '"[v6]:port" for IPv6).'
+            'The endpoints as assigned, "address:port" ("[v6]:port" for IPv6; "*:port" for '
+            "a node port on every node's addresses). A requested address the load balancer has "
+            "not assigned yet is left out (Ready says AddressPending)."
+        ),
+    )
+    address: str | None = Field(
+        default=None,
+        max_length=256,
+        description=(
+            "Where clients reach the service, as assigned: the load balancer's addresses "
+            "(status.loadBalancer.ingress of its Services), the node port on every node, or the "
+            "cluster IP; <pending> until assigned."
         ),
     )
     effective_max_connections_per_pod: int | None = Field(

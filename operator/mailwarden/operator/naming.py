@@ -21,7 +21,8 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_MAILSERVICE = f"{models.GROUP}/mailservice"
 LABEL_SERVICE_KIND = f"{models.GROUP}/service"
-# On listener pods: the Deployment (listener) they belong to.
+# On every child of a listener and on its pods: the name of the listener's Deployment (the
+# contract other parts of the operator select pods by; see listeners.deployments).
 LABEL_LISTENER = f"{models.GROUP}/listener"
 
 # On a listener Service: the address it holds (empty: any).
@@ -50,30 +51,38 @@ def _fit(name: str) -> str:
 
 
 def base(msvc_name: str) -> str:
-    """The name of the Deployment, ConfigMap and NetworkPolicy of a MailService."""
+    """The name of the children of a MailService's own listener (the one serving its ports
+    without a fixed address): Deployment, ConfigMap, Service, NetworkPolicy. Always
+    `mailwarden-` followed by a letter or digit (a MailService's name starts with one)."""
     return _fit(f"mailwarden-{msvc_name}")
 
 
-def service(msvc_name: str, address: str | None) -> str:
-    """The Service holding one listen address (None: any address)."""
-    if address is None:
-        return base(msvc_name)
-    return _fit(f"mailwarden-{msvc_name}-{address.replace('.', '-').replace(':', '-')}")
+def address_listener(address: str) -> str:
+    """The name of the children of the listener shared by every MailService of a namespace on
+    one fixed address. The double dash keeps these names apart from every `base` name: a
+    MailService's name cannot start with a dash, so `smtp-192-0-2-25` (no address) and `smtp`
+    on 192.0.2.25 can never meet in one child name."""
+    return _fit(f"mailwarden--{address.replace('.', '-').replace(':', '-')}")
 
 
-def selector(msvc_name: str) -> dict[str, str]:
-    """Pod selector of a MailService's listener pods; it never changes (a Deployment's
-    selector is immutable)."""
-    return {LABEL_NAME: APP_NAME, LABEL_MAILSERVICE: msvc_name}
+def selector(listener: str, msvc_name: str | None = None) -> dict[str, str]:
+    """Pod selector of a listener's pods; it never changes (a Deployment's selector is
+    immutable). A MailService's own listener keeps the selector it had before listeners were
+    shared (by MailService name), so that existing Deployments stay valid; a shared listener
+    selects by its own name."""
+    if msvc_name is not None:
+        return {LABEL_NAME: APP_NAME, LABEL_MAILSERVICE: msvc_name}
+    return {LABEL_NAME: APP_NAME, LABEL_LISTENER: listener}
 
 
-def labels(msvc: models.MailService) -> dict[str, str]:
+def labels(listener: str, msvc_name: str | None = None) -> dict[str, str]:
+    """The labels of every child of a listener and of its pods."""
     return {
-        **selector(msvc.metadata.name),
+        **selector(listener, msvc_name),
+        LABEL_LISTENER: listener,
         LABEL_COMPONENT: "listener",
         LABEL_PART_OF: "mailwarden",
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_SERVICE_KIND: msvc.spec.service.lower(),
     }
 
 

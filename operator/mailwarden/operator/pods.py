@@ -6,22 +6,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mailwarden.operator import models, naming
+from mailwarden.operator import naming
 
 Key = tuple[str, str]
 SUMMARY_LABELS = (naming.LABEL_NAME, naming.LABEL_MAILSERVICE, naming.LABEL_LISTENER)
 
 
-def serving_key(msvc: models.MailService) -> Key:
-    """The index key of the pods serving a MailService: (namespace, the value of the pod label
-    that names them). Today each MailService has its own pods."""
-    return (msvc.metadata.namespace, msvc.metadata.name)
+def serving_key(namespace: str, listener: str) -> Key:
+    """The index key of the pods of one listener (listeners.deployments names the listeners
+    serving a MailService)."""
+    return (namespace, listener)
 
 
 def pod_key(namespace: str, labels: Mapping[str, str]) -> Key | None:
     """The index key of a listener pod, from its labels (None: not a listener pod)."""
-    owner = labels.get(naming.LABEL_MAILSERVICE)
-    return (namespace, owner) if owner else None
+    listener = labels.get(naming.LABEL_LISTENER)
+    return (namespace, listener) if listener else None
 
 
 def summary(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -70,9 +70,11 @@ async def round_(
     seconds: float,
     concurrency: int,
     http: aiohttp.ClientSession,
+    listeners_of: Callable[[Key], Sequence[str]] | None = None,
 ) -> dict[Key, figures.Outcome]:
     """One round: the figures of every MailService in `keys`, from the listener pods among
-    `bodies` (pod bodies or the operator's summaries of them)."""
+    `bodies` (pod bodies or the operator's summaries of them). listeners_of: the listener
+    Deployments serving a MailService (contract C5; default its own only)."""
     by_namespace: dict[str, list[Key]] = collections.defaultdict(list)
     for key in keys:
         by_namespace[key[0]].append(key)
@@ -91,7 +93,7 @@ async def round_(
     out: dict[Key, figures.Outcome] = {}
     for namespace, ns_keys in by_namespace.items():
         for key in ns_keys:
-            listeners = figures.listeners_of(*key)
+            listeners = listeners_of(key) if listeners_of else figures.listeners_of(*key)
             mine = [p for p in pods.get(namespace, ()) if figures.serves(p, key[1], listeners)]
             got = [answers[(p.namespace, p.name)] for p in mine]
             answered = [a for a in got if not isinstance(a, str)]

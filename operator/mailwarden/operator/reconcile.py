@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -23,6 +24,7 @@ from mailwarden.operator import (
     figures,
     groups,
     kube,
+    listeners,
     manifests,
     metrics,
     models,
@@ -52,8 +54,13 @@ class World:
     # Listener pods, as summaries (pods.summary), by (namespace, what serves_key gives).
     pods: Mapping[Key, Sequence[Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
 
-    def pods_of(self, msvc: models.MailService) -> Sequence[Mapping[str, Any]]:
-        return self.pods.get(pods_mod.serving_key(msvc), ())
+    def pods_of(self, namespace: str, listener_names: Iterable[str]) -> list[Mapping[str, Any]]:
+        """The pods of these listeners (a MailService's, listeners.deployments)."""
+        return [
+            pod
+            for name in listener_names
+            for pod in self.pods.get(pods_mod.serving_key(namespace, name), ())
+        ]
 
     def group_specs(self, namespace: str) -> dict[str, models.IPAddressGroupSpec]:
         out = {}
@@ -80,6 +87,56 @@ class World:
                 out.append(conflicts.claimant(msvc, created(body)))
         return out
 
+    def members(
+        self,
+        namespace: str,
+        defaults: settings_mod.ListenerDefaults | None = None,
+        claimants: list[conflicts.Claimant] | None = None,
+    ) -> list[listeners.Member]:
+        """Every valid MailService of `namespace` that is not being deleted, as listeners
+        see it: defaults applied, with the claims it lost to older MailServices (of any
+        namespace: an address is one address cluster-wide)."""
+        defaults = defaults or settings_mod.ListenerDefaults()
+        if claimants is None:
+            claimants = self.claimants(defaults)
+        out = []
+        for (ns, _), body in self.services.items():
+            if ns != namespace or (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            msvc = parse_mailservice(body)
+            if msvc is None:
+                continue
+            msvc = children.with_defaults(msvc, defaults)
+            me = conflicts.claimant(msvc, created(body))
+            lost = conflicts.lost(me, claimants) if me.claims else {}
+            out.append(listeners.Member(msvc, created(body), lost))
+        return out
+
+    def listener_deployments(
+        self, key: Key, defaults: settings_mod.ListenerDefaults | None = None
+    ) -> tuple[str, ...]:
+        """The listener Deployments serving the MailService `key` (contract C5): its pods are
+        those labelled mailwarden.io/listener=<name> in its namespace. Its own listener when
+        its spec cannot be read."""
+        body = self.services.get(key)
+        msvc = parse_mailservice(body) if body is not None else None
+        if msvc is None:
+            return (naming.base(key[1]),)
+        msvc = children.with_defaults(msvc, defaults or settings_mod.ListenerDefaults())
+        me = conflicts.claimant(msvc, created(body or {}))
+        lost = conflicts.lost(me, self.claimants(defaults)) if me.claims else {}
+        return listeners.deployments(msvc, lost)
+
+    def served_by(
+        self, namespace: str, listener: str, defaults: settings_mod.ListenerDefaults
+    ) -> list[Mapping[str, Any]]:
+        """The MailServices of `namespace` that the listener `listener` serves."""
+        return [
+            body
+            for key, body in self.services.items()
+            if key[0] == namespace and listener in self.listener_deployments(key, defaults)
+        ]
+
     def users_of(self, namespace: str, group: str) -> list[Mapping[str, Any]]:
         """MailServices of `namespace` whose access depends on `group`, directly or nested."""
         specs = self.group_specs(namespace)
@@ -101,6 +158,7 @@ class World:
         errs towards reconciling one MailService too many."""
         me = parse_mailservice(body)
         mine = conflicts.claims(me.spec) if me is not None else frozenset()
+        addresses = {a for a, _ in mine}
         key = _key(body)
         out = []
         for other_key, other in self.services.items():
@@ -115,7 +173,9 @@ class World:
                 continue  # nothing of ours to share: parsing the other would not change it
             msvc = parse_mailservice(other)
             theirs = conflicts.claims(msvc.spec) if msvc is not None else frozenset()
-            if mine & theirs:
+            # A claim in common (a conflict), or an address shared in the same namespace (a
+            # listener in common, whose replicas, ports and config may change).
+            if mine & theirs or (other_key[0] == key[0] and addresses & {a for a, _ in theirs}):
                 out.append(other)
         return out
 
@@ -217,7 +277,7 @@ class Context:
         younger than the probe period is reused unless `fresh`; a stopped service (no
         replicas) is not probed."""
         period = self.settings.backend_probe_seconds
-        if period <= 0 or built.deployment["spec"]["replicas"] == 0:
+        if period <= 0 or not built.running:
             self.probes.pop(key, None)
             return None
         backend = built.rendered.service.backend
@@ -266,16 +326,25 @@ async def mailservice(
         body = world.services[key]
         with metrics.reconcile("MailService") as result:
             try:
-                await _mailservice(ctx, body, world)
+                affected = await _mailservice(ctx, body, world)
             except InvalidSpec:
                 result[0] = metrics.INVALID
                 raise
+    # The other members of listeners this changed: their status (replicas, ports, state)
+    # follows from what changed, and the operator's own writes do not wake them. After the
+    # lock: two members may each be waking the other.
+    for other in sorted(affected):
+        if other in world.services:
+            try:
+                await mailservice(ctx, world.services[other], world)
+            except (InvalidSpec, kube.ApiError) as exc:
+                logger.warning("reconciling %s/%s after a shared change failed: %s", *other, exc)
 
 
-async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> None:
+async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> set[Key]:
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return  # going away: the garbage collector takes the children
+        return set()  # going away: the garbage collector takes the children
     generation = int(meta.get("generation") or 0)
     old_status = ctx.old_status("MailService", body)
     new_generation = old_status.get("observedGeneration") != generation
@@ -292,37 +361,90 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> N
         raise InvalidSpec(message) from None
 
     namespace = msvc.metadata.namespace
-    msvc = children.with_defaults(msvc, ctx.settings.listener_defaults)
+    defaults = ctx.settings.listener_defaults
+    msvc = children.with_defaults(msvc, defaults)
     me = conflicts.claimant(msvc, created(body))
+    claimants = world.claimants(defaults)
     # Only fixed addresses can be lost; without one, no other MailService matters.
-    lost = conflicts.lost(me, world.claimants(ctx.settings.listener_defaults)) if me.claims else {}
-    built = children.build(msvc, world.group_specs(namespace), lost=lost, settings=ctx.settings)
+    lost = conflicts.lost(me, claimants) if me.claims else {}
+    member = listeners.Member(msvc, created(body), lost)
+    others = [m for m in world.members(namespace, defaults, claimants) if m.name != member.name]
+    plan = listeners.plan([*others, member])
     seen: dict[tuple[str, str, str], str] = {}
     try:
-        await _apply_children(ctx, body, world, msvc, built, lost, old_status, new_generation, seen)
+        affected = await _apply_children(
+            ctx, body, member, plan, world, old_status, new_generation, seen
+        )
     except BaseException:
         # The next event of these children must reconcile again: this one did not finish.
         for key, version in seen.items():
             if ctx.seen_children.get(key) == version:
                 del ctx.seen_children[key]
         raise
+    return affected
+
+
+class Foreign(Exception):
+    """A child's name is taken by an object that another owner controls."""
+
+
+async def _previous_listeners(
+    ctx: Context, namespace: str, msvc_name: str, uid: str | None
+) -> tuple[set[str], list[dict[str, Any]]]:
+    """The listeners whose children name this MailService as an owner today, from their
+    Services (every listener has one); and Services of the per-MailService naming that came
+    before shared listeners, owned by it, to be removed."""
+    selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    found: set[str] = set()
+    legacy: list[dict[str, Any]] = []
+    for svc in await ctx.api.list(kube.collection("v1", "Service", namespace), selector):
+        meta = svc.get("metadata") or {}
+        refs = meta.get("ownerReferences") or []
+        labels = meta.get("labels") or {}
+        if labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
+            continue  # a selector is a request: only the operator's own objects count
+        if uid is None or not any(r.get("uid") == uid for r in refs):
+            continue
+        listener = labels.get(naming.LABEL_LISTENER)
+        if listener is None:
+            legacy.append({**svc, "apiVersion": "v1", "kind": "Service"})
+            found.add(naming.base(msvc_name))
+        else:
+            found.add(listener)
+    return found, legacy
+
+
+def _ours(live: Mapping[str, Any], desired: Mapping[str, Any]) -> str | None:
+    """Why the operator must not change `live`, or None. An object without the operator's
+    label, or whose controller is an object other than the owners it is built for, belongs
+    to someone else."""
+    meta = live.get("metadata") or {}
+    what = f"{live.get('kind', desired['kind'])} {meta.get('name')}"
+    if (meta.get("labels") or {}).get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
+        return f"{what} exists and is not managed by mailwarden"
+    wanted = {r["uid"] for r in (desired.get("metadata") or {}).get("ownerReferences") or []}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") not in wanted and wanted:
+            return f"{what} is controlled by {ref.get('kind')} {ref.get('name')} ({ref.get('uid')})"
+    return None
 
 
 async def _apply_children(
     ctx: Context,
     body: Mapping[str, Any],
+    member: listeners.Member,
+    plan: Mapping[str, listeners.Listener],
     world: World,
-    msvc: models.MailService,
-    built: children.Children,
-    lost: dict[conflicts.Claim, conflicts.Claimant],
     old_status: Mapping[str, Any],
     new_generation: bool,
     seen: dict[tuple[str, str, str], str],
-) -> None:
+) -> set[Key]:
     meta = body.get("metadata") or {}
+    msvc = member.msvc
     namespace = msvc.metadata.namespace
     path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
     stamp = conditions.now()
+    groups_ = world.group_specs(namespace)
 
     alive: list[bool] = []
 
@@ -337,23 +459,109 @@ async def _apply_children(
         )
         return alive[0]
 
-    live_deployment: dict[str, Any] | None = None
+    mine = listeners.of_member(plan, member.name)
+    previous, legacy = await _previous_listeners(ctx, namespace, member.name, msvc.metadata.uid)
+    touched = sorted({lst.name for lst in mine} | previous)
+    built = {lst.name: children.build_listener(lst, groups_, ctx.settings) for lst in mine}
+    for name in touched:
+        if name in plan and name not in built:
+            built[name] = children.build_listener(plan[name], groups_, ctx.settings)
+    affected: set[Key] = set()
+    live_deployments: dict[str, Mapping[str, Any]] = {}
+    live_services: dict[str, Mapping[str, Any]] = {}
+    foreign: list[str] = []
     # The first child the API server refused for good, and the first error worth retrying:
     # the other children are still applied and the status is written either way.
+    errors = _Errors()
+    async with contextlib.AsyncExitStack() as stack:
+        for name in touched:  # sorted: two reconciliations never wait for each other in a ring
+            await stack.enter_async_context(ctx.locks(("listener", namespace, name)))
+        for name in touched:
+            lst = built.get(name)
+            try:
+                if lst is None:
+                    changed = await _remove_listener(ctx, body, namespace, name)
+                else:
+                    changed = await _apply_listener(
+                        ctx, body, lst, owner_alive, seen, live_deployments, live_services, errors
+                    )
+            except apply.OwnerGone:
+                logger.info("%s/%s is gone; not recreating its children", *_key(body))
+                return set()
+            except Foreign as exc:
+                foreign.append(str(exc))
+                continue
+            if changed and name in plan:
+                affected |= {
+                    (namespace, m.name) for m in plan[name].members if m.name != member.name
+                }
+        for svc in legacy:
+            if svc["metadata"]["name"] in plan:
+                continue  # the name is a listener's now: applied above
+            if await ctx.api.delete(kube.path_of(svc)):
+                metrics.WRITES.labels("Service", "deleted").inc()
+                name = svc["metadata"]["name"]
+                await events.post(ctx.api, body, "Normal", "Deleted", f"deleted Service {name}")
+
+    built_me = children.for_member(member, [built[lst.name] for lst in mine], groups_, ctx.settings)
+    backend_error = await ctx.backend_error(_key(body), built_me)
+    facts = status_mod.facts(
+        msvc,
+        built_me,
+        member.lost,
+        live_deployments,
+        live_services,
+        backend_error=backend_error,
+        foreign=tuple(foreign),
+        apply_failure=errors.failure,
+        pods=world.pods_of(namespace, (lst.name for lst in mine)),
+    )
+    new = status_mod.mailservice(msvc, built_me, facts, old_status, timestamp=stamp)
+    await ctx.write_status("MailService", path, _key(body), old_status, new)
+    await _announce(ctx, body, built_me, old_status, new, new_generation)
+    if errors.retry is not None:
+        raise errors.retry  # 409, 429, 5xx, no answer: the caller retries with backoff
+    if errors.failure is not None and errors.failure.quota:
+        # Retried with backoff until quota frees up; other refusals wait for an edit (of the
+        # MailService, the policy or the RBAC) or the periodic resync: no hot loop.
+        raise kube.ApiError(errors.failure.code, "Forbidden", errors.failure.message)
+    return affected
+
+
+@dataclasses.dataclass
+class _Errors:
     failure: status_mod.ApplyFailure | None = None
     retry: kube.ApiError | None = None
-    for child in built.all:
+
+
+async def _apply_listener(
+    ctx: Context,
+    body: Mapping[str, Any],
+    lst: children.ListenerChildren,
+    owner_alive: apply.Guard,
+    seen: dict[tuple[str, str, str], str],
+    live_deployments: dict[str, Mapping[str, Any]],
+    live_services: dict[str, Mapping[str, Any]],
+    errors: _Errors,
+) -> bool:
+    """Make one listener's children match; True when any changed. A child the API server
+    refuses is recorded in `errors` and the others are still applied."""
+    namespace = lst.listener.namespace
+    changed = False
+    had_budget = False
+    for child in lst.all:
         try:
-            action, live = await apply.ensure(ctx.api, child, owner_alive)
-        except apply.OwnerGone:
-            logger.info("%s/%s is gone; not recreating its children", *_key(body))
-            return
+            action, live = await apply.ensure(ctx.api, child, owner_alive, guard=_ours)
+        except apply.NotOurs as exc:
+            raise Foreign(str(exc)) from None
         except kube.ApiError as exc:
             name = child["metadata"]["name"]
             if exc.retriable:
-                retry = retry or exc
-            elif failure is None:
-                failure = status_mod.ApplyFailure(child["kind"], name, exc.status, exc.message)
+                errors.retry = errors.retry or exc
+            elif errors.failure is None:
+                errors.failure = status_mod.ApplyFailure(
+                    child["kind"], name, exc.status, exc.message
+                )
             logger.warning("%s/%s: %s %s: %s", *_key(body), child["kind"], name, exc)
             continue
         version = (live.get("metadata") or {}).get("resourceVersion")
@@ -362,8 +570,11 @@ async def _apply_children(
             key = (child["kind"], namespace, child["metadata"]["name"])
             seen[key] = ctx.seen_children[key] = str(version)
         if child["kind"] == "Deployment":
-            live_deployment = live
+            live_deployments[lst.name] = live
+        if child["kind"] == "Service":
+            live_services[lst.name] = live
         if action != "unchanged":
+            changed = True
             metrics.WRITES.labels(child["kind"], action).inc()
             await events.post(
                 ctx.api,
@@ -372,44 +583,63 @@ async def _apply_children(
                 action.capitalize(),
                 f"{action} {child['kind']} {child['metadata']['name']}",
             )
+            if child["kind"] == "Deployment":
+                # Scaled (or changed): a budget of when it had more replicas may be left.
+                had_budget = True
         if child["kind"] == "ConfigMap" and action == "updated":
             await apply.nudge_pods(
                 ctx.api,
                 namespace,
-                naming.selector(msvc.metadata.name),
+                lst.listener.selector,
                 child["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
             )
-    for name in await apply.prune(
-        ctx.api,
-        "v1",
-        "Service",
-        namespace,
-        msvc.metadata.name,
-        msvc.metadata.uid,
-        (s["metadata"]["name"] for s in built.services),
-    ):
-        metrics.WRITES.labels("Service", "deleted").inc()
-        await events.post(ctx.api, body, "Normal", "Deleted", f"deleted Service {name}")
+    if lst.disruption_budget is None and had_budget:
+        gone = await _delete_ours(ctx, namespace, "policy/v1", "PodDisruptionBudget", lst.name)
+        if gone:
+            await events.post(
+                ctx.api, body, "Normal", "Deleted", f"deleted PodDisruptionBudget {lst.name}"
+            )
+    return changed
 
-    backend_error = await ctx.backend_error(_key(body), built)
-    facts = status_mod.facts(
-        msvc,
-        built,
-        lost,
-        live_deployment,
-        backend_error=backend_error,
-        apply_failure=failure,
-        pods=world.pods_of(msvc),
-    )
-    new = status_mod.mailservice(msvc, built, facts, old_status, timestamp=stamp)
-    await ctx.write_status("MailService", path, _key(body), old_status, new)
-    await _announce(ctx, body, built, old_status, new, new_generation)
-    if retry is not None:
-        raise retry  # 409, 429, 5xx, no answer: the caller retries with backoff
-    if failure is not None and failure.quota:
-        # Retried with backoff until quota frees up; other refusals wait for an edit (of the
-        # MailService, the policy or the RBAC) or the periodic resync: no hot loop.
-        raise kube.ApiError(failure.code, "Forbidden", failure.message)
+
+LISTENER_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+
+async def _delete_ours(
+    ctx: Context, namespace: str, api_version: str, kind: str, name: str
+) -> bool:
+    obj = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"namespace": namespace, "name": name},
+    }
+    live = await ctx.api.get(kube.path_of(obj))
+    labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+    if live is None or labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
+        return False
+    if await ctx.api.delete(kube.path_of(obj)):
+        metrics.WRITES.labels(kind, "deleted").inc()
+        return True
+    return False
+
+
+async def _remove_listener(
+    ctx: Context, body: Mapping[str, Any], namespace: str, name: str
+) -> bool:
+    """A listener no MailService maps to any more (its last member moved away): its
+    children go."""
+    changed = False
+    for api_version, kind in LISTENER_KINDS:
+        if await _delete_ours(ctx, namespace, api_version, kind, name):
+            changed = True
+            await events.post(ctx.api, body, "Normal", "Deleted", f"deleted {kind} {name}")
+    return changed
 
 
 # Ready=False reasons worth a Warning event: all but the normal way to readiness and a stop.

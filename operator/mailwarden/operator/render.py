@@ -42,12 +42,15 @@ def service_config(
     *,
     bind_addresses: bool,
     tls_dir: pathlib.Path | None = None,
+    replicas: int | None = None,
 ) -> Rendered:
     """Render one MailService.
 
     bind_addresses: True on a host (`mailwarden listen`), where the listener binds the
     addresses itself; False in a pod, where the Service owns the address and the pod listens
     on every address of its own.
+    replicas: the pods the service-wide cap is split over (default: spec.replicas; the
+    listener's replica count when pods are shared).
     """
     spec = msvc.spec
     kind = spec.kind
@@ -74,7 +77,8 @@ def service_config(
     if spec.tls is not None:
         base = tls_dir if tls_dir is not None else TLS_MOUNT
         tls = lc.TLSFiles(cert_file=base / "tls.crt", key_file=base / "tls.key")
-    replicas = 1 if bind_addresses else spec.replicas
+    if replicas is None:
+        replicas = 1 if bind_addresses else spec.replicas
     rate_limit = spec.access.rate_limit or models.RateLimit()
     auto_ban, exempt_resolution, exempt_problems = _auto_ban(spec.access.auto_ban, group_specs)
     cfg = lc.ServiceConfig(
@@ -151,11 +155,15 @@ def listener_config(
     *,
     drain_seconds: float = 30.0,
     metrics_port: int = METRICS_PORT,
+    lame_duck_seconds: float = 0.0,
 ) -> lc.ListenerConfig:
+    """lame_duck_seconds: pods behind a load balancer keep accepting this long after
+    SIGTERM while /readyz says 503 (0 on a host)."""
     return lc.ListenerConfig(
         services=tuple(services),
         drain_seconds=drain_seconds,
         metrics=lc.Metrics(port=metrics_port),
+        lame_duck_seconds=lame_duck_seconds,
     )
 
 

@@ -93,6 +93,9 @@ class ExposeDefaults(_Model):
     type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
     external_traffic_policy: Literal["Local", "Cluster"] = "Local"
     annotations: dict[str, str] = Field(default_factory=dict)
+    # "" (the chart's default): the cluster's default implementation.
+    load_balancer_class: str = Field(default="", max_length=253)
+    address_request: Literal["Annotation", "LoadBalancerIP"] = "Annotation"
 
     @pydantic.field_validator("annotations")
     @classmethod
@@ -174,8 +177,11 @@ class Settings:
     # Prometheus scrapes the listeners' metrics port from this namespace.
     monitoring_namespace: str = "monitoring"
     metrics_port: int = 9090
-    # Pods get drainSeconds plus this long before the kubelet kills them.
+    # Pods get lame duck plus drainSeconds plus this long before the kubelet kills them.
     termination_margin_seconds: int = 10
+    # After SIGTERM a listener pod keeps accepting this long, answering /readyz 503, so that
+    # EndpointSlices and load balancers' health checks stop sending before it stops accepting.
+    lame_duck_seconds: int = 5
     # UID/GID the listener runs as (the image's non-root user).
     run_as_user: int = 65532
     listener_defaults: ListenerDefaults = dataclasses.field(default_factory=ListenerDefaults)

@@ -8,7 +8,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from mailwarden.operator import children, conditions, conflicts, groups, models, naming
-from mailwarden.operator.conditions import READY, RECONCILING, STALLED, Reason, set_condition
+from mailwarden.operator.conditions import (
+    READY,
+    RECONCILING,
+    STALLED,
+    WARNING,
+    Reason,
+    set_condition,
+)
+from mailwarden.operator.conditions import get as conditions_get
 
 State = Literal["Running", "Stopped", "Starting"]
 
@@ -32,6 +40,12 @@ class Facts:
     # not probed, as for a stopped service).
     backend: str = ""
     backend_error: str | None = None
+    # Endpoints as assigned ("192.0.2.25:25", "*:30025"), and what is still waiting for an
+    # address (the load balancer's, a node port, a cluster IP).
+    assigned: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+    # Children whose names are taken by objects someone else controls.
+    foreign: tuple[str, ...] = ()
     # A child the API server refused (4xx other than 409/429), with its message.
     apply_failure: ApplyFailure | None = None
     # Failures the Deployment controller reports (ProgressDeadlineExceeded, ReplicaFailure)
@@ -100,6 +114,16 @@ def listen_conflict(f: Facts) -> Verdict | None:
     )
 
 
+def owned_elsewhere(f: Facts) -> Verdict | None:
+    if not f.foreign:
+        return None
+    return Verdict(
+        Reason.OWNED_ELSEWHERE,
+        "not changing objects another owner controls: " + "; ".join(f.foreign),
+        stalled=True,
+    )
+
+
 def apply_failed(f: Facts) -> Verdict | None:
     a = f.apply_failure
     if a is None:
@@ -161,16 +185,28 @@ def starting(f: Facts) -> Verdict | None:
     )
 
 
+def address_pending(f: Facts) -> Verdict | None:
+    if not f.pending:
+        return None
+    return Verdict(
+        Reason.ADDRESS_PENDING,
+        f"waiting for {', '.join(f.pending)}",
+        reconciling=True,
+    )
+
+
 CHECKS: tuple[Check, ...] = (
     group_not_found,
     group_cycle,
     listen_conflict,
+    owned_elsewhere,
     apply_failed,
     stopped,
     deployment_failed,
     pods_failing,
     backend_unreachable,
     starting,
+    address_pending,
 )
 
 
@@ -194,44 +230,129 @@ def facts(
     msvc: models.MailService,
     built: children.Children,
     lost: Mapping[conflicts.Claim, conflicts.Claimant],
-    deployment: Mapping[str, Any] | None,
+    deployments: Mapping[str, Mapping[str, Any]] | Mapping[str, Any] | None,
+    services: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     backend_error: str | None = None,
+    foreign: tuple[str, ...] = (),
     apply_failure: ApplyFailure | None = None,
     pods: Sequence[Mapping[str, Any]] = (),
 ) -> Facts:
-    replicas = int(built.deployment["spec"]["replicas"])
-    dstatus: Mapping[str, Any] = (deployment or {}).get("status") or {}
-    dmeta: Mapping[str, Any] = (deployment or {}).get("metadata") or {}
-    observed = dstatus.get("observedGeneration")
+    """deployments and services: the live objects of the MailService's listeners, by
+    listener name (a single Deployment is taken as the first listener's)."""
+    names = [lst.name for lst in built.listeners]
+    if deployments is not None and "metadata" in deployments:  # one live Deployment
+        deployments = {names[0]: deployments} if names else {}
+    deployments = dict(deployments or {})
+    wanted = [int(lst.deployment["spec"]["replicas"]) for lst in built.listeners]
+    current = available = updated = 0
+    observed = bool(built.listeners)
+    for lst, want in zip(built.listeners, wanted, strict=True):
+        live = deployments.get(lst.name)
+        dstatus: Mapping[str, Any] = (live or {}).get("status") or {}
+        dmeta: Mapping[str, Any] = (live or {}).get("metadata") or {}
+        gen = dstatus.get("observedGeneration")
+        observed = observed and (
+            live is not None and gen is not None and int(gen) >= int(dmeta.get("generation") or 0)
+        )
+        current += int(dstatus.get("replicas") or 0)
+        # A pod above what this listener wants (a rollout's surge) does not make up for
+        # another listener's missing one.
+        available += min(int(dstatus.get("availableReplicas") or 0), want)
+        updated += min(int(dstatus.get("updatedReplicas") or 0), want)
+    assigned, pending = addresses(built, services or {})
     return Facts(
         generation=msvc.metadata.generation or 0,
-        running=replicas > 0,
-        replicas=replicas,
+        running=built.running and bool(built.listeners),
+        replicas=sum(wanted),
         resolution=built.rendered.resolution,
         lost=lost,
-        current_replicas=int(dstatus.get("replicas") or 0),
-        available_replicas=int(dstatus.get("availableReplicas") or 0),
-        updated_replicas=int(dstatus.get("updatedReplicas") or 0),
-        rollout_observed=(
-            deployment is not None
-            and observed is not None
-            and int(observed) >= int(dmeta.get("generation") or 0)
-        ),
+        current_replicas=current,
+        available_replicas=available,
+        updated_replicas=updated,
+        rollout_observed=observed,
         backend=endpoint(built.rendered.service.backend.host, built.rendered.service.backend.port),
         backend_error=backend_error,
+        assigned=assigned,
+        pending=pending,
+        foreign=foreign,
         apply_failure=apply_failure,
-        deployment_failures=deployment_failures(deployment),
+        deployment_failures=deployment_failures(*deployments.values()),
         pod_failures=pod_failures(pods),
     )
 
 
-def deployment_failures(deployment: Mapping[str, Any] | None) -> dict[str, str]:
+def addresses(
+    built: children.Children, services: Mapping[str, Mapping[str, Any]]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The MailService's endpoints as the cluster assigned them, and what it still waits
+    for. LoadBalancer: the requested address must be in status.loadBalancer.ingress (any
+    ingress address without one); NodePort: the node port (and a fixed address as an
+    external IP, which needs no assignment); ClusterIP: the cluster IP."""
+    assigned: list[str] = []
+    pending: list[str] = []
+    for lst in built.listeners:
+        live = services.get(lst.name) or {}
+        desired = lst.service
+        kind = desired["spec"]["type"]
+        mine = [e.port for e in built.endpoints if e.service == lst.name]
+        address = lst.listener.address
+        lspec: Mapping[str, Any] = live.get("spec") or {}
+        if kind == "LoadBalancer":
+            ingress = ((live.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            hosts = [i.get("ip") or i.get("hostname") for i in ingress if isinstance(i, Mapping)]
+            hosts = [h for h in hosts if h]
+            if address is not None:
+                hosts = [h for h in hosts if h == address]
+            if not hosts:
+                what = (
+                    f"the load balancer to assign {address}"
+                    if address
+                    else ("the load balancer to assign an address")
+                )
+                pending.append(f"{what} (Service {lst.name})")
+            assigned += [endpoint(h, p) for h in hosts for p in mine]
+        elif kind == "NodePort":
+            node_ports = {
+                int(p.get("port") or 0): p.get("nodePort") for p in lspec.get("ports") or []
+            }
+            if address is not None:
+                assigned += [endpoint(address, p) for p in mine]
+            missing = [p for p in mine if not node_ports.get(p)]
+            if missing:
+                pending.append(
+                    f"node ports for {', '.join(map(str, missing))} (Service {lst.name})"
+                )
+            assigned += [f"*:{node_ports[p]}" for p in mine if node_ports.get(p)]
+        else:
+            cluster_ip = lspec.get("clusterIP")
+            if not cluster_ip or cluster_ip == "None":
+                pending.append(f"a cluster IP (Service {lst.name})")
+            else:
+                assigned += [endpoint(cluster_ip, p) for p in mine]
+    return tuple(dict.fromkeys(assigned)), tuple(pending)
+
+
+def address_of(f: Facts) -> str:
+    """The ADDRESS column: the distinct hosts of the assigned endpoints, or <pending>."""
+    hosts = list(dict.fromkeys(e.rsplit(":", 1)[0].strip("[]") for e in f.assigned))
+    if f.pending and not hosts:
+        return "<pending>"
+    return ",".join(hosts)
+
+
+def deployment_failures(*deployments: Mapping[str, Any] | None) -> dict[str, str]:
     """The Deployment controller's failure conditions
     (https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#failed-deployment):
-    Progressing=False with reason ProgressDeadlineExceeded, and ReplicaFailure=True."""
+    Progressing=False with reason ProgressDeadlineExceeded, and ReplicaFailure=True; of any of
+    the MailService's listener Deployments."""
     out = {}
-    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+    conds = [
+        cond
+        for deployment in deployments
+        for cond in ((deployment or {}).get("status") or {}).get("conditions") or []
+    ]
+    for cond in conds:
         kind, status, reason = cond.get("type"), cond.get("status"), cond.get("reason")
         message = str(cond.get("message") or reason or kind)
         if kind == "Progressing" and status == "False" and reason == "ProgressDeadlineExceeded":
@@ -289,7 +410,13 @@ def mailservice(
     gen = f.generation
     if v is None:
         conds = set_condition(
-            conds, READY, "True", Reason.RUNNING, _running_message(built), gen, timestamp=timestamp
+            conds,
+            READY,
+            "True",
+            Reason.RUNNING,
+            _running_message(built, f),
+            gen,
+            timestamp=timestamp,
         )
     else:
         conds = set_condition(conds, READY, "False", v.reason, v.message, gen, timestamp=timestamp)
@@ -322,15 +449,41 @@ def mailservice(
         "state": state,
         "lastStateChange": last_change or timestamp,
         "replicas": f.current_replicas,
-        "selector": ",".join(f"{k}={v}" for k, v in naming.selector(msvc.metadata.name).items()),
+        "selector": ",".join(f"{k}={v}" for k, v in _selector(msvc, built).items()),
         "effectiveMaxConnectionsPerPod": built.rendered.service.max_connections,
-        "endpoints": [endpoint(e.address, e.port) for e in built.endpoints],
-        "conditions": conds,
+        "endpoints": list(f.assigned),
+        "address": address_of(f),
+        "conditions": warning_condition(built, conds, gen, timestamp),
     }
     # The live figures are written by the poller (reconcile.figures), not here; keep them.
     if "connections" in old:
         out["connections"] = old["connections"]
     return out
+
+
+def _selector(msvc: models.MailService, built: children.Children) -> dict[str, str]:
+    if built.listeners:
+        return built.listeners[0].listener.selector
+    return naming.selector(naming.base(msvc.metadata.name), msvc.metadata.name)
+
+
+def warning_condition(
+    built: children.Children, conds: list[Any], generation: int, timestamp: str
+) -> list[Any]:
+    """Warning=True while the spec asks for something that cannot work as written (an
+    allow-list the listener cannot apply to real client addresses, an address that may
+    change...); the Events say the same once per generation."""
+    if built.warnings:
+        first = built.warnings[0]
+        message = "; ".join(w.message for w in built.warnings)
+        return set_condition(
+            conds, WARNING, "True", first.reason, message, generation, timestamp=timestamp
+        )
+    if conditions_get(conds, WARNING) is None:
+        return conds
+    return set_condition(
+        conds, WARNING, "False", Reason.RECONCILED, "no warnings", generation, timestamp=timestamp
+    )
 
 
 def endpoint(address: str | None, port: int) -> str:
@@ -340,7 +493,9 @@ def endpoint(address: str | None, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _running_message(built: children.Children) -> str:
+def _running_message(built: children.Children, f: Facts | None = None) -> str:
+    if f is not None and f.assigned:
+        return "listening on " + ", ".join(f.assigned)
     ports = ", ".join(str(p) for p in sorted({e.port for e in built.endpoints}))
     return f"listening on port {ports}" if ports else "running"
 

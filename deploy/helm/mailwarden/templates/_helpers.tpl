@@ -100,8 +100,8 @@ app.kubernetes.io/managed-by: mailwarden-operator
   What the operator does in the namespaces it watches: exactly the requests it makes, no more
   (tests/operator/test_rbac.py runs the operator and compares). kopf lists and watches the
   resources it handles and keeps its progress in annotations (patch); the operator reads its
-  MailServices, writes both statuses, and creates, reads, corrects (patch) and, for Services,
-  deletes the children. No update or delete of anything else, no wildcards.
+  MailServices, writes both statuses, and creates, reads, corrects (patch) and deletes the
+  children. No update or delete of anything else, no wildcards.
 */}}
 {{- define "mailwarden.namespacedRules" -}}
 - apiGroups: [mailwarden.io]
@@ -119,19 +119,25 @@ app.kubernetes.io/managed-by: mailwarden-operator
 - apiGroups: [mailwarden.io]
   resources: [mailservices/finalizers]
   verbs: [update]
+# A listener's children (one listener per fixed address, shared by the MailServices on it,
+# and one per MailService for its other ports) are deleted when no MailService maps to the
+# listener any more (its last member moved to another address).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch]
-# One Service per listen address: a dropped address's Service is deleted.
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+# Listeners with more than one replica: at most one pod evicted at a time.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
 # Listener pods (by label, server-side): why their containers wait (CrashLoopBackOff,
 # ImagePullBackOff) reaches the MailService's status; a configuration change annotates them
 # so that the kubelet refreshes the mounted ConfigMap at once (nothing restarts).

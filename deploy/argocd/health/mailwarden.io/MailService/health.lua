@@ -3,7 +3,8 @@
 -- https://github.com/kubernetes-sigs/cli-utils/blob/master/pkg/kstatus/README.md) and
 -- observedGeneration.
 --   Degraded:    Stalled=True: nothing changes until someone edits something (invalid spec,
---                a group cycle, a child the API server refuses, a rollout past its deadline);
+--                a group cycle, a child the API server refuses, a rollout past its deadline,
+--                a child's name taken by an object someone else owns);
 --                also Ready=False for such a reason in a status without Stalled/Reconciling.
 --   Suspended:   a Manual service that is stopped (Ready=False, reason Stopped): it is where
 --                its administrator wants it, like a suspended CronJob, and starts with
@@ -21,6 +22,7 @@ local FAILURES = {
   IPAddressGroupCycle = true,
   ApplyFailed = true,
   ProgressDeadlineExceeded = true,
+  OwnedElsewhere = true,
 }
 
 local function describe(c, fallback)
