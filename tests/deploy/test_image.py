@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -164,7 +165,13 @@ def test_entry_points_are_each_distribution_s_console_script(
     parsed: dockerfile.Dockerfile,
 ) -> None:
     for target, pyproject, script, cmd, ports in (
-        ("listener", LISTENER_PYPROJECT, "mailwarden-listener", ["--config", CONFIG_PATH], {9090}),
+        (
+            "listener",
+            LISTENER_PYPROJECT,
+            "mailwarden-listener",
+            ["--config", CONFIG_PATH],
+            {lc.METRICS_PORT},
+        ),
         ("operator", ROOT / "pyproject.toml", "mailwarden", ["operator"], {8080, 9091}),
     ):
         assert script in tomllib.loads(pyproject.read_text())["project"]["scripts"]
@@ -259,11 +266,22 @@ def build_wheel(source: pathlib.Path, into: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    """The two distributions as wheels: `mailwarden-listener` (listener/) and `mailwarden`."""
+    """The two distributions as wheels: `mailwarden-listener` (listener/) and `mailwarden`,
+    built from what the image's build context holds (.dockerignore): a checkout's leftover
+    build/ folders would otherwise end up in the wheels."""
+    context = tmp_path_factory.mktemp("context")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    for folder in ("listener", "operator"):
+        shutil.copytree(
+            ROOT / folder,
+            context / folder,
+            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+        )
     into = tmp_path_factory.mktemp("wheels")
     return {
-        "listener": build_wheel(ROOT / "listener", into),
-        "mailwarden": build_wheel(ROOT, into),
+        "listener": build_wheel(context / "listener", into),
+        "mailwarden": build_wheel(context, into),
     }
 
 

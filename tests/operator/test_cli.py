@@ -213,5 +213,8 @@ def test_listen_warns_when_the_exempt_group_is_missing_and_exempts_nobody(
     )
     result = mailwarden("listen", "-f", str(tmp_path), "--print-config")
     assert result.returncode == 0, result.stderr
-    assert "access.autoBan.exemptFrom: IPAddressGroup not found: gone" in result.stderr
+    assert (
+        "access.autoBan.exemptFrom: IPAddressGroup gone not found in this namespace"
+        in result.stderr
+    )
     assert yaml.safe_load(result.stdout)["services"][0]["auto_ban"]["exempt"] == []

@@ -185,9 +185,14 @@ class ServiceConfig(_Model, frozen=True, kw_only=True):
             seen.add(key)
 
 
+# The listener's metrics, /healthz, /readyz and /status port: the one value the operator's
+# pods, Services, NetworkPolicies and the image all use (mailwarden.operator.naming).
+METRICS_PORT = 9090
+
+
 class Metrics(_Model, frozen=True, kw_only=True):
     address: str | None = None
-    port: Port = 9090
+    port: Port = METRICS_PORT
 
 
 class ListenerConfig(_Model, frozen=True, kw_only=True):

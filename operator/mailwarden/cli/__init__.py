@@ -7,6 +7,8 @@ import logging
 import pathlib
 import sys
 
+from mailwarden.listener import config as lc
+
 
 def _manifest_arguments(p: argparse.ArgumentParser) -> None:
     """-f and -n, as kubectl spells them: `listen` and `render` read the same manifests."""
@@ -41,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=9090,
-        help="port of /metrics, /healthz, /readyz (default: 9090)",
+        default=lc.METRICS_PORT,
+        help=f"port of /metrics, /healthz, /readyz (default: {lc.METRICS_PORT})",
     )
     p.add_argument(
         "--metrics-address",

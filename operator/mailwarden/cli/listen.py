@@ -19,7 +19,7 @@ class ManifestSource:
         paths: list[pathlib.Path],
         namespace: str = "default",
         *,
-        metrics_port: int = 9090,
+        metrics_port: int = lc.METRICS_PORT,
         metrics_address: str | None = "127.0.0.1",
         drain_seconds: float = 5.0,
         lame_duck_seconds: float = 0.0,

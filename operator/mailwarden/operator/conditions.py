@@ -181,6 +181,62 @@ def set_condition(
     return out
 
 
+def set_kstatus(
+    conditions: Sequence[Mapping[str, Any]],
+    generation: int,
+    *,
+    ready: tuple[str, str] | None,
+    blocked: tuple[str, str] | None = None,
+    stalled: bool | None = None,
+    reconciling: bool | None = None,
+    reconciled: tuple[str, str],
+    not_stalled: tuple[str, str],
+    timestamp: str | None = None,
+) -> list[Condition]:
+    """Ready, Reconciling and Stalled, written together from one verdict (the kstatus
+    triple; one place, so the three never disagree).
+
+    ready: (reason, message) when Ready is True; otherwise None and `blocked` is the
+    (reason, message) of Ready=False, whose kstatus meaning comes from READY_FALSE unless
+    `stalled`/`reconciling` say otherwise. A Reconciling or Stalled condition that is True
+    carries the blocking reason and message; one that is False carries `reconciled` or
+    `not_stalled`: what it rests on."""
+    if ready is not None:
+        status: Status = "True"
+        reason, message = ready
+        is_stalled = is_reconciling = False
+    else:
+        assert blocked is not None, "a Ready=False verdict needs its reason and message"
+        status = "False"
+        reason, message = blocked
+        meaning = READY_FALSE.get(reason, Meaning(False, False, ""))
+        is_stalled = meaning.stalled if stalled is None else stalled
+        is_reconciling = meaning.reconciling if reconciling is None else reconciling
+    conds = set_condition(
+        conditions, READY, status, reason, message, generation, timestamp=timestamp
+    )
+    r_reason, r_message = (reason, message) if is_reconciling else reconciled
+    conds = set_condition(
+        conds,
+        RECONCILING,
+        "True" if is_reconciling else "False",
+        r_reason,
+        r_message,
+        generation,
+        timestamp=timestamp,
+    )
+    s_reason, s_message = (reason, message) if is_stalled else not_stalled
+    return set_condition(
+        conds,
+        STALLED,
+        "True" if is_stalled else "False",
+        s_reason,
+        s_message,
+        generation,
+        timestamp=timestamp,
+    )
+
+
 def get(conditions: Sequence[Mapping[str, Any]], type: str) -> Mapping[str, Any] | None:
     for cond in conditions:
         if cond.get("type") == type:

@@ -27,6 +27,17 @@ class Resolution:
     def ok(self) -> bool:
         return not self.missing and not self.cycles
 
+    def describe(self) -> str:
+        """What keeps the groups from resolving, in the words every report uses (both kinds'
+        conditions, `mailwarden render` and `listen`); empty when they resolve."""
+        problems = []
+        if self.missing:
+            problems.append(f"IPAddressGroup {', '.join(self.missing)} not found in this namespace")
+        if self.cycles:
+            cycles = "; ".join(" -> ".join(c) for c in self.cycles)
+            problems.append(f"IPAddressGroups nest in a cycle ({cycles})")
+        return "; ".join(problems)
+
 
 def item_networks(item: models.GroupItem) -> list[Network]:
     """The networks one non-group item stands for."""

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -59,7 +58,6 @@ CHILD_RESOURCES = (
 )
 LIST_CHUNK = 500
 KOPF_PREFIX = f"kopf.{models.GROUP}"
-RESYNC_SECONDS = float(os.environ.get("MAILWARDEN_RESYNC_SECONDS", "300"))
 MAX_BACKOFF = 300.0
 
 
@@ -410,7 +408,7 @@ async def _resync(
     listener_pods: kopf.Index[Any, Any],
 ) -> None:
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.sleep(ctx.settings.resync_seconds)
         world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
         for group in world.groups.values():
             await _quietly(reconcile.ip_address_group(ctx, group, world))

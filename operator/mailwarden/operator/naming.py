@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from mailwarden.listener import config as lc
 from mailwarden.operator import models
 
 MANAGED_BY = "mailwarden-operator"
@@ -34,7 +35,10 @@ ANNOTATION_CONFIG_HASH = f"{models.GROUP}/config-hash"
 
 CONFIG_DIR = "/etc/mailwarden/config"
 CONFIG_FILE = "listener.yaml"
+# Where a listener pod mounts its TLS Secret (cert-manager layout: tls.crt, tls.key).
 TLS_DIR = "/etc/mailwarden/tls"
+# The listener's own default, which pods, probes, NetworkPolicies and PodMonitors follow.
+METRICS_PORT = lc.METRICS_PORT
 CONTAINER = "listener"
 
 _MAX = 63

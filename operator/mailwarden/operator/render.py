@@ -9,11 +9,7 @@ import pathlib
 from collections.abc import Mapping
 
 from mailwarden.listener import config as lc
-from mailwarden.operator import groups, models
-
-# Where the pod mounts the TLS Secret (cert-manager layout).
-TLS_MOUNT = pathlib.Path("/etc/mailwarden/tls")
-METRICS_PORT = 9090
+from mailwarden.operator import groups, models, naming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +56,8 @@ def service_config(
     if spec.access.allow_from is not None:
         resolution = groups.resolve(spec.access.allow_from, group_specs)
         allow = resolution.cidrs
-        if resolution.missing:
-            problems.append(f"IPAddressGroup not found: {', '.join(resolution.missing)}")
-        if resolution.cycles:
-            problems.append(
-                "IPAddressGroup cycle: " + "; ".join(" -> ".join(c) for c in resolution.cycles)
-            )
-        if problems:
+        if not resolution.ok:
+            problems.append(resolution.describe())
             allow = ()  # fail closed
     if bind_addresses:
         endpoints = [lc.Endpoint(address=a, port=p) for a, p in spec.endpoints()]
@@ -75,7 +66,7 @@ def service_config(
         endpoints = [lc.Endpoint(address=None, port=p) for p in ports]
     tls = None
     if spec.tls is not None:
-        base = tls_dir if tls_dir is not None else TLS_MOUNT
+        base = tls_dir if tls_dir is not None else pathlib.Path(naming.TLS_DIR)
         tls = lc.TLSFiles(cert_file=base / "tls.crt", key_file=base / "tls.key")
     if replicas is None:
         replicas = 1 if bind_addresses else spec.replicas
@@ -127,18 +118,10 @@ def _auto_ban(
     if spec.exempt_from is not None:
         resolution = groups.resolve(spec.exempt_from, group_specs)
         exempt = resolution.cidrs
-        if resolution.missing:
+        if not resolution.ok:
             problems.append(
-                f"access.autoBan.exemptFrom: IPAddressGroup not found: "
-                f"{', '.join(resolution.missing)}; no address is exempt"
+                f"access.autoBan.exemptFrom: {resolution.describe()}; no address is exempt"
             )
-        if resolution.cycles:
-            problems.append(
-                "access.autoBan.exemptFrom: IPAddressGroup cycle: "
-                + "; ".join(" -> ".join(c) for c in resolution.cycles)
-                + "; no address is exempt"
-            )
-        if problems:
             exempt = ()
     ban = lc.AutoBan(
         after_failures=spec.after_failures,
@@ -154,7 +137,7 @@ def listener_config(
     services: list[lc.ServiceConfig],
     *,
     drain_seconds: float = 30.0,
-    metrics_port: int = METRICS_PORT,
+    metrics_port: int = naming.METRICS_PORT,
     lame_duck_seconds: float = 0.0,
 ) -> lc.ListenerConfig:
     """lame_duck_seconds: pods behind a load balancer keep accepting this long after

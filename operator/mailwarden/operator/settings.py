@@ -42,6 +42,11 @@ QUALIFIED_KEY = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+# A namespace name (RFC 1123 label), as the API server checks it.
+DNS_LABEL = re.compile(r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# An image reference as a pod spec takes it: no whitespace or control characters (the
+# registry, not this check, says whether it exists).
+IMAGE_REFERENCE = re.compile(r"^[^\s\x00-\x1f]{1,4096}$")
 # Pod labels the operator sets itself (the Deployment's selector among them): not defaults.
 RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "mailwarden.io/")
 
@@ -176,7 +181,7 @@ class Settings:
     image_pull_policy: PullPolicy = "IfNotPresent"
     # Prometheus scrapes the listeners' metrics port from this namespace.
     monitoring_namespace: str = "monitoring"
-    metrics_port: int = 9090
+    metrics_port: int = naming.METRICS_PORT
     # Pods get lame duck plus drainSeconds plus this long before the kubelet kills them.
     termination_margin_seconds: int = 10
     # After SIGTERM a listener pod keeps accepting this long, answering /readyz 503, so that
@@ -195,6 +200,9 @@ class Settings:
     figures_seconds: float = 15.0
     figures_timeout: float = 2.0
     figures_concurrency: int = 32
+    # Every this long every MailService and IPAddressGroup is reconciled once more (also
+    # retrying fan-out that failed). At least a second: 0 would be a busy loop.
+    resync_seconds: float = 300.0
     # Where the operator runs (POD_NAMESPACE, from the chart): listener pods' NetworkPolicy
     # admits its pods to the metrics port. Empty outside a cluster: no such rule.
     operator_namespace: str = ""
@@ -219,6 +227,23 @@ class Settings:
         if not uid.isdigit() or not 0 < int(uid) < 2**31:
             raise SettingsError(f"MAILWARDEN_LISTENER_UID: {uid!r} is not a non-root uid")
         image = env.get("MAILWARDEN_LISTENER_IMAGE") or default.image
+        if not IMAGE_REFERENCE.match(image):
+            raise SettingsError(f"MAILWARDEN_LISTENER_IMAGE: {image!r} is not an image reference")
+        monitoring = env.get("MAILWARDEN_MONITORING_NAMESPACE") or default.monitoring_namespace
+        if not DNS_LABEL.match(monitoring):
+            raise SettingsError(
+                f"MAILWARDEN_MONITORING_NAMESPACE: {monitoring!r} is not a namespace name "
+                "(lower-case letters, digits and '-', at most 63)"
+            )
+        operator_namespace = env.get("POD_NAMESPACE", "")
+        if operator_namespace and not DNS_LABEL.match(operator_namespace):
+            raise SettingsError(f"POD_NAMESPACE: {operator_namespace!r} is not a namespace name")
+        resync = _seconds(env, "MAILWARDEN_RESYNC_SECONDS", default.resync_seconds)
+        if resync < 1:
+            raise SettingsError(
+                f"MAILWARDEN_RESYNC_SECONDS: {resync:g} is under 1 second (a resync that often "
+                "would never rest)"
+            )
         every = _seconds(env, "MAILWARDEN_BACKEND_PROBE_SECONDS", default.backend_probe_seconds)
         timeout = _seconds(env, "MAILWARDEN_BACKEND_PROBE_TIMEOUT", default.backend_probe_timeout)
         if not 0 < timeout <= 30:
@@ -244,7 +269,7 @@ class Settings:
         return cls(
             image=image,
             image_pull_policy=PULL_POLICIES[policy],
-            monitoring_namespace=env.get("MAILWARDEN_MONITORING_NAMESPACE") or "monitoring",
+            monitoring_namespace=monitoring,
             run_as_user=int(uid),
             listener_defaults=defaults,
             backend_probe_seconds=every,
@@ -252,7 +277,8 @@ class Settings:
             figures_seconds=figures_every,
             figures_timeout=figures_timeout,
             figures_concurrency=int(concurrency),
-            operator_namespace=env.get("POD_NAMESPACE", ""),
+            resync_seconds=resync,
+            operator_namespace=operator_namespace,
         )
 
 

@@ -9,9 +9,6 @@ from typing import Any, Literal
 
 from mailwarden.operator import children, conditions, conflicts, groups, models, naming
 from mailwarden.operator.conditions import (
-    READY,
-    RECONCILING,
-    STALLED,
     WARNING,
     Reason,
     set_condition,
@@ -73,9 +70,16 @@ class Verdict:
     reason: str
     message: str
     # Stalled: no progress until someone changes something. Reconciling: progress is under
-    # way. (kstatus reads exactly these two.)
-    stalled: bool = False
-    reconciling: bool = False
+    # way. (kstatus reads exactly these two.) None: as conditions.READY_FALSE says for the
+    # reason; a check sets them only where one case of a reason differs (a quota refusal).
+    stalled: bool = None  # type: ignore[assignment]
+    reconciling: bool = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        meaning = conditions.READY_FALSE.get(self.reason)
+        for name in ("stalled", "reconciling"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, bool(meaning and getattr(meaning, name)))
 
 
 Check = Callable[[Facts], Verdict | None]
@@ -84,23 +88,16 @@ Check = Callable[[Facts], Verdict | None]
 def group_not_found(f: Facts) -> Verdict | None:
     if f.resolution is None or not f.resolution.missing:
         return None
-    names = ", ".join(f.resolution.missing)
     return Verdict(
-        Reason.GROUP_NOT_FOUND,
-        f"IPAddressGroup {names} not found in this namespace; refusing every client until it "
-        "exists",
-        reconciling=True,
+        Reason.GROUP_NOT_FOUND, f"{f.resolution.describe()}; refusing every client until it exists"
     )
 
 
 def group_cycle(f: Facts) -> Verdict | None:
     if f.resolution is None or not f.resolution.cycles:
         return None
-    cycles = "; ".join(" -> ".join(c) for c in f.resolution.cycles)
     return Verdict(
-        Reason.GROUP_CYCLE,
-        f"IPAddressGroups nest in a cycle ({cycles}); refusing every client until it is broken",
-        stalled=True,
+        Reason.GROUP_CYCLE, f"{f.resolution.describe()}; refusing every client until it is broken"
     )
 
 
@@ -110,7 +107,6 @@ def listen_conflict(f: Facts) -> Verdict | None:
     return Verdict(
         Reason.LISTEN_CONFLICT,
         f"not taking {conflicts.describe(dict(f.lost))}",
-        reconciling=True,
     )
 
 
@@ -120,7 +116,6 @@ def owned_elsewhere(f: Facts) -> Verdict | None:
     return Verdict(
         Reason.OWNED_ELSEWHERE,
         "not changing objects another owner controls: " + "; ".join(f.foreign),
-        stalled=True,
     )
 
 
@@ -139,17 +134,14 @@ def apply_failed(f: Facts) -> Verdict | None:
 def deployment_failed(f: Facts) -> Verdict | None:
     for reason in (Reason.PROGRESS_DEADLINE_EXCEEDED, Reason.REPLICA_FAILURE):
         if reason in f.deployment_failures:
-            stalled = conditions.READY_FALSE[reason].stalled
-            return Verdict(
-                reason, f.deployment_failures[reason], stalled=stalled, reconciling=not stalled
-            )
+            return Verdict(reason, f.deployment_failures[reason])
     return None
 
 
 def pods_failing(f: Facts) -> Verdict | None:
     for reason in (Reason.IMAGE_PULL_BACK_OFF, Reason.CRASH_LOOP_BACK_OFF):
         if reason in f.pod_failures:
-            return Verdict(reason, f.pod_failures[reason], reconciling=True)
+            return Verdict(reason, f.pod_failures[reason])
     return None
 
 
@@ -166,7 +158,6 @@ def backend_unreachable(f: Facts) -> Verdict | None:
         Reason.BACKEND_UNREACHABLE,
         f"backend {f.backend} unreachable: {f.backend_error}; sessions cannot be relayed until "
         "it answers",
-        reconciling=True,
     )
 
 
@@ -181,7 +172,6 @@ def starting(f: Facts) -> Verdict | None:
     return Verdict(
         Reason.STARTING,
         f"{f.available_replicas} of {f.replicas} listener pods available",
-        reconciling=True,
     )
 
 
@@ -191,7 +181,6 @@ def address_pending(f: Facts) -> Verdict | None:
     return Verdict(
         Reason.ADDRESS_PENDING,
         f"waiting for {', '.join(f.pending)}",
-        reconciling=True,
     )
 
 
@@ -406,39 +395,17 @@ def mailservice(
 ) -> dict[str, Any]:
     """The whole status of a MailService; equal to `old` when nothing changed."""
     v = verdict(f)
-    conds: list[Any] = list(old.get("conditions") or [])
     gen = f.generation
-    if v is None:
-        conds = set_condition(
-            conds,
-            READY,
-            "True",
-            Reason.RUNNING,
-            _running_message(built, f),
-            gen,
-            timestamp=timestamp,
-        )
-    else:
-        conds = set_condition(conds, READY, "False", v.reason, v.message, gen, timestamp=timestamp)
-    stalled = v is not None and v.stalled
-    reconciling = v is not None and v.reconciling
-    conds = set_condition(
-        conds,
-        RECONCILING,
-        "True" if reconciling else "False",
-        # kstatus: the Reconciling reason says what it waits for.
-        v.reason if (v is not None and reconciling) else Reason.RECONCILED,
-        v.message if (v is not None and reconciling) else "the children match the spec",
+    # kstatus: a Reconciling or Stalled that is True carries the reason it waits for.
+    conds = conditions.set_kstatus(
+        list(old.get("conditions") or []),
         gen,
-        timestamp=timestamp,
-    )
-    conds = set_condition(
-        conds,
-        STALLED,
-        "True" if stalled else "False",
-        v.reason if (v is not None and stalled) else Reason.RECONCILED,
-        v.message if (v is not None and stalled) else "nothing blocks the service",
-        gen,
+        ready=(Reason.RUNNING, _running_message(built, f)) if v is None else None,
+        blocked=None if v is None else (v.reason, v.message),
+        stalled=None if v is None else v.stalled,
+        reconciling=None if v is None else v.reconciling,
+        reconciled=(Reason.RECONCILED, "the children match the spec"),
+        not_stalled=(Reason.RECONCILED, "nothing blocks the service"),
         timestamp=timestamp,
     )
     state = state_of(f)
@@ -505,18 +472,16 @@ def invalid(
 ) -> dict[str, Any]:
     """An invalid spec: the children are left as they were, the conditions say why."""
     out = dict(old)
-    conds: list[Any] = list(old.get("conditions") or [])
-    conds = set_condition(
-        conds, READY, "False", Reason.INVALID_SPEC, message, generation, timestamp=timestamp
-    )
-    conds = set_condition(
-        conds, RECONCILING, "False", Reason.INVALID_SPEC, message, generation, timestamp=timestamp
-    )
-    conds = set_condition(
-        conds, STALLED, "True", Reason.INVALID_SPEC, message, generation, timestamp=timestamp
-    )
     out["observedGeneration"] = generation
-    out["conditions"] = conds
+    out["conditions"] = conditions.set_kstatus(
+        list(old.get("conditions") or []),
+        generation,
+        ready=None,
+        blocked=(Reason.INVALID_SPEC, message),
+        reconciled=(Reason.INVALID_SPEC, message),
+        not_stalled=(Reason.INVALID_SPEC, message),
+        timestamp=timestamp,
+    )
     return out
 
 
@@ -529,43 +494,23 @@ def ip_address_group(
     timestamp: str,
 ) -> dict[str, Any]:
     resolution = groups.resolve(name, specs)
-    conds: list[Any] = list(old.get("conditions") or [])
     if resolution.missing:
-        reason, message = (
-            Reason.GROUP_NOT_FOUND,
-            f"nested IPAddressGroup {', '.join(resolution.missing)} not found",
-        )
+        reason = Reason.GROUP_NOT_FOUND
     elif resolution.cycles:
-        reason, message = (
-            Reason.GROUP_CYCLE,
-            "nested groups form a cycle: " + "; ".join(" -> ".join(c) for c in resolution.cycles),
-        )
+        reason = Reason.GROUP_CYCLE
     else:
-        reason, message = Reason.RESOLVED, f"{len(resolution.cidrs)} networks"
+        reason = Reason.RESOLVED
     ok = reason == Reason.RESOLVED
-    # A missing nested group can appear by itself (applied together with this one); a cycle
-    # needs an edit.
-    stalled = reason == Reason.GROUP_CYCLE
-    waiting = reason == Reason.GROUP_NOT_FOUND
-    conds = set_condition(
-        conds, READY, "True" if ok else "False", reason, message, generation, timestamp=timestamp
-    )
-    conds = set_condition(
-        conds,
-        STALLED,
-        "True" if stalled else "False",
-        reason if stalled else Reason.RESOLVED,
-        message,
+    message = f"{len(resolution.cidrs)} networks" if ok else resolution.describe()
+    # A missing nested group can appear by itself (applied together with this one): it
+    # reconciles; a cycle needs an edit: it stalls (conditions.READY_FALSE).
+    conds = conditions.set_kstatus(
+        list(old.get("conditions") or []),
         generation,
-        timestamp=timestamp,
-    )
-    conds = set_condition(
-        conds,
-        RECONCILING,
-        "True" if waiting else "False",
-        reason if waiting else Reason.RESOLVED,
-        message if waiting else "resolved",
-        generation,
+        ready=(reason, message) if ok else None,
+        blocked=None if ok else (reason, message),
+        reconciled=(Reason.RESOLVED, "resolved"),
+        not_stalled=(Reason.RESOLVED, message),
         timestamp=timestamp,
     )
     return {
