@@ -485,10 +485,7 @@ def fake_pods(services: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dic
                 "metadata": {
                     "name": f"{naming.base(name)}-0",
                     "namespace": ns,
-                    "labels": {
-                        **naming.selector(name),
-                        naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
-                    },
+                    "labels": naming.labels(naming.base(name), name),
                 },
                 "spec": {"containers": [{"name": "listener", "image": "mailwarden-listener"}]},
                 "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
