@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailwarden.operator import groups, manifests, models, render
+from mailwarden.operator import groups, listener_config, manifests, models
 from tests.deploy.tools import CRDS, ROOT
 from tests.support import crdcheck
 
@@ -102,7 +102,7 @@ def test_every_example_renders_a_listener_configuration_without_problems(
 ) -> None:
     specs = found.group_specs("mail")
     for msvc in found.services:
-        rendered = render.service_config(msvc, specs, bind_addresses=False)
+        rendered = listener_config.service_config(msvc, specs, bind_addresses=False)
         assert not rendered.problems, f"{msvc.metadata.name}: {rendered.problems}"
         if msvc.spec.access.allow_from:
             assert rendered.service.allow

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import json
+import os
 import smtplib
 import socket
 import ssl
@@ -175,7 +176,8 @@ def test_a_client_over_the_cap_gets_smtp_421_too_many_connections() -> None:
 @pytest.fixture(scope="module")
 def client_pod() -> Iterator[str]:
     """A pod outside the office (a pod address, 10.244.x.x) to connect from inside."""
-    kubectl("create", "namespace", CLIENT_NS, check=False)
+    until(lambda: not kubectl("get", "namespace", CLIENT_NS, check=False), "a gone namespace")
+    kubectl("create", "namespace", CLIENT_NS)
     image = get("deployment", "-n", OPERATOR_NAMESPACE, "mailwarden")["spec"]["template"]["spec"][
         "containers"
     ][0]["image"]
@@ -194,7 +196,8 @@ def client_pod() -> Iterator[str]:
     )
     kubectl("-n", CLIENT_NS, "wait", "pod/client", "--for=condition=Ready", "--timeout=120s")
     yield get("pod", "-n", CLIENT_NS, "client")["status"]["podIP"]
-    kubectl("delete", "namespace", CLIENT_NS, "--wait=false")
+    # Waited for, so that the next run of the suite can create it again.
+    kubectl("delete", "namespace", CLIENT_NS, "--wait=true", "--timeout=180s")
 
 
 def connect_from_pod(target: str, port: int) -> str:
@@ -278,16 +281,153 @@ CHILD_KINDS = "deployments,services,configmaps,networkpolicies"
 MANAGED = "app.kubernetes.io/managed-by=mailwarden-operator"
 
 
-def test_uninstall_leaves_no_orphans_and_keeps_the_crds() -> None:
-    # Last in this file: it takes the demo down, then puts it back.
-    kubectl(
-        "delete",
-        "-k",
-        str(ROOT / "deploy" / "kind"),
-        "--ignore-not-found",
-        "--wait=true",
-        "--timeout=300s",
+# -- through MetalLB: the LoadBalancer addresses (scripts/kind-demo maps the examples' 192.0.2.x
+# addresses onto a pool on the kind Docker network, which this machine reaches on Linux) --
+
+
+def load_balancer_ports() -> dict[str, set[int]]:
+    """Address -> the ports its LoadBalancer Services in `mail` carry, as assigned."""
+    out: dict[str, set[int]] = {}
+    for svc in get("services", "-n", MAIL)["items"]:
+        if svc["spec"].get("type") != "LoadBalancer":
+            continue
+        for ingress in svc.get("status", {}).get("loadBalancer", {}).get("ingress", []):
+            if "ip" in ingress:
+                out.setdefault(ingress["ip"], set()).update(p["port"] for p in svc["spec"]["ports"])
+    return out
+
+
+def first_line(address: str, port: int, *, tls: bool = False) -> bytes:
+    sock = socket.create_connection((address, port), timeout=10)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock)
+    with sock:
+        return sock.makefile("rb").readline()
+
+
+def mail_address() -> str:
+    """The one address that carries SMTP, Submission and IMAPS."""
+    found = until(
+        lambda: [a for a, ports in load_balancer_ports().items() if {25, 587, 993} <= ports],
+        "MetalLB to assign the shared mail address",
     )
+    (address,) = found
+    return address
+
+
+def test_several_services_answer_on_one_load_balancer_address() -> None:
+    address = mail_address()
+    assert first_line(address, 25).startswith(b"220 ")
+    assert first_line(address, 587).startswith(b"220 ")  # this machine is in `vpn`
+    assert first_line(address, 993, tls=True).startswith(b"* OK")
+
+
+def test_the_same_port_answers_on_two_load_balancer_addresses() -> None:
+    def two() -> list[str] | None:
+        found = [a for a, ports in load_balancer_ports().items() if 80 in ports]
+        return found if len(found) >= 2 else None
+
+    addresses = until(two, "two addresses with port 80")
+    for address in addresses:
+        response = httpx.get(f"http://{address}/", timeout=30)
+        assert response.status_code == 200
+        assert "nginx" in response.text.lower()
+
+
+def source_address_towards(address: str) -> str:
+    """The address this machine's packets to `address` carry (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((address, 9))
+        return str(s.getsockname()[0])
+
+
+def test_the_listener_sees_the_client_s_real_address() -> None:
+    """Submission admits only the office, here only this machine's own address. Were the
+    client's address replaced on the way (a node's address through SNAT, with
+    externalTrafficPolicy Cluster), the listener and the NetworkPolicy would refuse it."""
+    address = mail_address()
+    me = source_address_towards(address)
+    items = get("ipg", "-n", MAIL, "vpn")["spec"]["items"]
+
+    def vpn(*hosts: str) -> None:
+        entries = [{"host": h, "description": "e2e"} for h in hosts]
+        patch = json.dumps({"spec": {"items": entries}})
+        kubectl("-n", MAIL, "patch", "ipg", "vpn", "--type", "merge", "-p", patch)
+
+    def greeting() -> bytes:
+        try:
+            return first_line(address, 587)
+        except OSError:
+            return b""  # dropped by the NetworkPolicy, or closed
+
+    try:
+        vpn("192.0.2.1")  # someone else: this machine is out
+        until(lambda: not greeting().startswith(b"220"), "this machine to be refused", 90)
+        vpn(me)  # exactly this machine's address: in
+        until(lambda: greeting().startswith(b"220"), f"{me} to be admitted", 90)
+    finally:
+        kubectl(
+            "-n", MAIL, "patch", "ipg", "vpn", "--type", "merge", "-p",
+            json.dumps({"spec": {"items": items}}),
+        )  # fmt: skip
+
+
+# What the demo put in namespace `mail` around the examples stays there: the `mail-tls` Secret
+# (made by scripts/kind-demo), the demo backends, and the `vpn` group's patch (saved and put
+# back). Deleting the namespace, as `kubectl delete -k deploy/kind` did, took them with it, so
+# the suite could not run a second time.
+USER_KINDS = "mailservices.mailwarden.io,ipaddressgroups.mailwarden.io"
+SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")
+
+
+def users_resources() -> list[dict[str, Any]]:
+    """The MailServices and IPAddressGroups of `mail` as a user would apply them again."""
+    out = []
+    for obj in get(USER_KINDS, "-n", MAIL)["items"]:
+        meta = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FIELDS}
+        meta.pop("finalizers", None)
+        annotations = dict(meta.get("annotations") or {})
+        annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+        meta["annotations"] = annotations
+        out.append(
+            {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "metadata": meta,
+                "spec": obj["spec"],
+            }
+        )
+    return out
+
+
+def install_chart() -> None:
+    """The chart as scripts/kind-demo installs it (same images, tags and pull policy)."""
+    tag = os.environ.get("MAILWARDEN_LISTENER_IMAGE", "mailwarden-listener:0.1.0").rsplit(":")[-1]
+    helm(
+        "upgrade",
+        "--install",
+        "mailwarden",
+        str(ROOT / "deploy" / "helm" / "mailwarden"),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        *("--set", "image.repository=mailwarden", "--set", f"image.tag={tag}"),
+        *("--set", "listener.image.repository=mailwarden-listener"),
+        *("--set", f"listener.image.tag={tag}", "--set", "image.pullPolicy=IfNotPresent"),
+        "--wait",
+        "--timeout",
+        "5m",
+    )
+
+
+def test_uninstall_leaves_no_orphans_and_keeps_the_crds() -> None:
+    # Last in this file: it takes the demo's mail services down, then puts them back as they
+    # were (the namespace, its Secret and the backends stay).
+    saved = users_resources()
+    assert {o["metadata"]["name"] for o in saved} >= {"smtp", "vpn"}
+    kubectl("-n", MAIL, "delete", USER_KINDS, "--all", "--wait=true", "--timeout=300s")
     until(lambda: get(CHILD_KINDS, "-A", "-l", MANAGED)["items"] == [], "children to go")
     helm("uninstall", "mailwarden", "--namespace", OPERATOR_NAMESPACE, "--wait")
     until(lambda: get("all", "-n", OPERATOR_NAMESPACE)["items"] == [], "the operator to go")
@@ -301,20 +441,13 @@ def test_uninstall_leaves_no_orphans_and_keeps_the_crds() -> None:
     # The CRDs stay (crds.keep), and with them the users' resources would have stayed.
     crds = {c["metadata"]["name"] for c in get("crds")["items"]}
     assert {"mailservices.mailwarden.io", "ipaddressgroups.mailwarden.io"} <= crds
-    # Back as it was.
-    helm(
-        "upgrade",
-        "--install",
-        "mailwarden",
-        str(ROOT / "deploy" / "helm" / "mailwarden"),
-        "--namespace",
-        OPERATOR_NAMESPACE,
-        "--set",
-        "image.repository=mailwarden",
-        "--set",
-        "listener.image.repository=mailwarden-listener",
-        "--wait",
-        "--timeout",
-        "5m",
+    # What the demo made around the examples is untouched.
+    assert get("secret", "-n", MAIL, "mail-tls")["type"] == "kubernetes.io/tls"
+    # Back as it was: the same chart, the same resources (the `vpn` patch included).
+    install_chart()
+    kubectl(
+        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": saved})
     )
-    kubectl("apply", "-k", str(ROOT / "deploy" / "kind"))
+    until(lambda: [p for p in listener_pods("smtp") if ready(p)], "smtp pods again")
+    vpn = get("ipg", "-n", MAIL, "vpn")
+    assert vpn["spec"] == next(o["spec"] for o in saved if o["metadata"]["name"] == "vpn")

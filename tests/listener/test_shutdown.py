@@ -107,30 +107,30 @@ def start(tmp_path, backend) -> Iterator[Callable[..., Process]]:
 def test_on_sigterm_the_lame_duck_admits_new_clients_while_readyz_says_503_then_the_port_closes_and_open_sessions_drain(  # noqa: E501
     start,
 ):
-    p = start(lame_duck_seconds=2.0, drain_seconds=20.0)
+    p = start(lame_duck_seconds=3.0, drain_seconds=20.0)
     held = socket.create_connection(("127.0.0.1", p.port), timeout=5)
     assert read_line(held) == GREETING
     signalled = time.monotonic()
     p.signal()
-    wait_until(lambda: readyz(p.metrics_port) == 503, timeout=1, what="/readyz to say 503")
+    wait_until(lambda: readyz(p.metrics_port) == 503, timeout=2, what="/readyz to say 503")
     # Lame duck: not ready, and still accepting.
     admitted = 0
-    while time.monotonic() - signalled < 1.5:
+    while time.monotonic() - signalled < 2.0:
         assert accepts(p.port), "a new client was not admitted during the lame duck"
         assert readyz(p.metrics_port) == 503
         admitted += 1
         time.sleep(0.1)
-    assert admitted >= 5
+    assert admitted >= 3
     # Then the port closes...
     wait_until(lambda: refused(p.port), timeout=3, what="the port to close")
-    assert time.monotonic() - signalled >= 2.0
+    assert time.monotonic() - signalled >= 3.0
     # ...and the open session goes on: it is drained, not cut.
     held.sendall(b"NOOP\r\n")
     assert read_line(held) == b"NOOP\r\n"
     assert p.proc.poll() is None
     held.close()
     assert p.proc.wait(10) == 0
-    assert time.monotonic() - signalled < 10  # the drain ended with its last session
+    assert time.monotonic() - signalled < 15  # the drain ended with its last session
 
 
 def test_without_a_lame_duck_sigterm_closes_the_port_at_once(start):
@@ -139,8 +139,8 @@ def test_without_a_lame_duck_sigterm_closes_the_port_at_once(start):
     assert read_line(held) == GREETING
     signalled = time.monotonic()
     p.signal(signal.SIGINT)
-    wait_until(lambda: refused(p.port), timeout=1, what="the port to close")
-    assert time.monotonic() - signalled < 1
+    wait_until(lambda: refused(p.port), timeout=2, what="the port to close")
+    assert time.monotonic() - signalled < 2  # no lame duck: closed at once, not after seconds
     held.sendall(b"NOOP\r\n")
     assert read_line(held) == b"NOOP\r\n"
     held.close()

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mailwarden.operator import children, conflicts, models, naming, reconcile, settings
+from tests.deploy.tools import CHART
 from tests.operator.resources import MW, mailservice, ready
 from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, OperatorThread, eventually
@@ -184,8 +185,19 @@ def test_without_the_variable_the_built_in_defaults_change_nothing() -> None:
     from_env = children.build(parse(), {}, settings=settings.Settings.from_env({}))
     assert plain.all == from_env.all
     assert plain.services[0]["spec"]["type"] == "LoadBalancer"
-    assert "resources" not in pod(plain)["containers"][0]
+    # Never unbounded, even without the chart (checkov CKV_K8S_10/12/13): the built-in
+    # requests and memory limit, the same as the chart's listener.defaults.resources.
+    assert pod(plain)["containers"][0]["resources"] == settings.DEFAULT_RESOURCES
     assert "priorityClassName" not in pod(plain)
+    none = settings.Settings(
+        listener_defaults=settings.ListenerDefaults.model_validate({"resources": {}})
+    )
+    assert "resources" not in pod(children.build(parse(), {}, settings=none))["containers"][0]
+
+
+def test_the_built_in_listener_resources_are_the_chart_s_defaults() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["listener"]["defaults"]["resources"] == settings.DEFAULT_RESOURCES
 
 
 BAD = [

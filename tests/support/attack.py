@@ -87,6 +87,7 @@ class ListenerProcess:
         self.nofile = nofile
         self.log_path = workdir / "listener.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.config: lc.ListenerConfig | None = None
 
     @classmethod
     def for_config(
@@ -106,7 +107,9 @@ class ListenerProcess:
         else:
             path.write_text(lc.dumps(cfg))
         argv = [sys.executable, "-m", "mailwarden.cli", "listener", "--config", str(path)]
-        return cls(argv, cfg.metrics.port, workdir, nofile=nofile)
+        lp = cls(argv, cfg.metrics.port, workdir, nofile=nofile)
+        lp.config = cfg
+        return lp
 
     @classmethod
     def for_manifests(
@@ -124,9 +127,11 @@ class ListenerProcess:
         return self.workdir / "listener.yaml"
 
     def port(self, service: int = 0, endpoint: int = 0) -> int:
-        """The port of a service's endpoint, as the configuration file says."""
-        cfg = lc.loads(self.config_path.read_text())
-        return cfg.services[service].listen[endpoint].port
+        """The port of a service's endpoint, as the configuration the process was started
+        with says (the file may have been changed since)."""
+        if self.config is None:
+            self.config = lc.loads(self.config_path.read_text())
+        return self.config.services[service].listen[endpoint].port
 
     def start(self) -> ListenerProcess:
         nofile = self.nofile

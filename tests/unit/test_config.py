@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import pathlib
 
 import pytest
@@ -96,8 +99,65 @@ def test_a_missing_file_is_refused_with_its_path(tmp_path: pathlib.Path):
         lc.load(tmp_path / "nope.yaml")
 
 
-def test_an_empty_file_is_a_listener_with_no_services():
-    assert lc.loads("").services == ()
+@pytest.mark.parametrize(
+    "text",
+    ["", "\n", "# nothing yet\n", "version: 1\n", "version: 1\nmetrics:\n  port: 9090\n"],
+)
+def test_an_empty_file_or_one_cut_before_its_services_is_refused(text):
+    """Issue 12, point 8: the starting code took these as "no services" and closed every
+    port; they are broken files now, and the last good configuration stays."""
+    with pytest.raises(lc.ConfigError, match=r"services: \[\]"):
+        lc.loads(text)
+
+
+def test_no_services_said_explicitly_is_a_listener_with_no_services():
+    assert lc.loads("services: []\n").services == ()
+
+
+def test_a_file_that_is_not_a_mapping_is_refused():
+    with pytest.raises(lc.ConfigError, match="expected a mapping"):
+        lc.loads("- services\n")
+
+
+def test_a_file_larger_than_the_bound_is_refused_unread(tmp_path: pathlib.Path):
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as f:
+        f.write(b"services: []\n")
+        f.truncate(100 * 1024 * 1024)  # sparse: 100 MiB without writing them
+    with pytest.raises(lc.ConfigError, match=r"104857600 bytes, more than the 1048576"):
+        lc.load(path)
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path: pathlib.Path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"services: []\n# caf\xe9\n")
+    with pytest.raises(lc.ConfigError, match="not UTF-8"):
+        lc.load(path)
+
+
+def test_running_out_of_file_descriptors_is_not_a_broken_configuration(tmp_path: pathlib.Path):
+    """Issue 12, point 5: under EMFILE the starting code reported "configuration refused
+    ... Too many open files" and counted a failed reload."""
+    import resource
+
+    path = tmp_path / "listener.yaml"
+    path.write_text("services: []\n")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        with contextlib.suppress(OSError):
+            while len(held) < 100:
+                held.append(open(os.devnull))  # noqa: SIM115 - held open on purpose
+        with pytest.raises(lc.ConfigUnreadable) as caught:
+            lc.load(path)
+        assert not isinstance(caught.value, lc.ConfigError)
+        assert caught.value.errno == errno.EMFILE
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert lc.load(path).services == ()
 
 
 def test_cidrs_are_normalised_and_host_bits_forgiven():

@@ -46,7 +46,7 @@ RATE_WINDOW = 60.0  # connectionsPerMinute
 
 
 class Verdict(enum.Enum):
-    ADMITTED = "accepted"
+    ACCEPTED = "accepted"  # the metrics outcome of an admitted connection (C2)
     RATE_LIMITED = "rate_limited"
     BANNED = "banned"
 
@@ -287,6 +287,13 @@ class Guard:
 
     def configure(self, policy: Policy) -> None:
         self.policy = policy
+        # A part turned off forgets what it held: bans no longer enforced are not reported
+        # as bans (and are not enforced again if the part is turned back on later).
+        if not policy.connections_per_minute:
+            self.rates = SlidingLog(1, RATE_WINDOW, self.rates.capacity)
+        if not policy.after_failures:
+            self.failures = SlidingLog(1, policy.within_seconds, self.failures.capacity)
+            self.bans = BanList(self.bans.capacity)
         self.rates.reconfigure(policy.connections_per_minute, RATE_WINDOW)
         self.failures.reconfigure(policy.after_failures, policy.within_seconds)
 
@@ -295,7 +302,7 @@ class Guard:
         it may not. An admitted connection counts towards the rate limit."""
         policy = self.policy
         if address in policy.exempt:
-            return Verdict.ADMITTED, 0.0
+            return Verdict.ACCEPTED, 0.0
         if policy.after_failures:
             key = address_key(address, name, policy.ban_ipv6_prefix)
             left = self.bans.remaining(key, now)
@@ -306,7 +313,7 @@ class Guard:
             wait = self.rates.admit(key, now)
             if wait:
                 return Verdict.RATE_LIMITED, wait
-        return Verdict.ADMITTED, 0.0
+        return Verdict.ACCEPTED, 0.0
 
     def failure(self, address: IPAddress, name: str, now: float) -> Ban | None:
         """A refusal or a failed login from `address`; the ban it starts, if it does."""

@@ -22,6 +22,10 @@ def command(path: pathlib.Path, *, prog: str = "mailwarden-listener") -> int:
     except config.ConfigError as exc:
         print(f"{prog}: {path}: {exc}", file=sys.stderr)
         return 2
+    except config.ConfigUnreadable as exc:
+        # Out of descriptors or memory: the file may be fine; not "a bad setting".
+        print(f"{prog}: cannot read the configuration: {exc}", file=sys.stderr)
+        return 1
     return listener_main.run(listener_main.FileSource(path))
 
 

@@ -13,7 +13,9 @@ a dotted path (`services.0.listen.0.port`).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import pathlib
 import re
 from typing import Annotated, Any, Literal, TypeVar
@@ -228,6 +230,18 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message says where and why."""
 
 
+class ConfigUnreadable(OSError):
+    """The file could not be read for a reason of this process, not of the file: it is out
+    of file descriptors or memory. Not a broken configuration; try again later."""
+
+
+# Kubernetes caps a ConfigMap (all its keys together) at 1 MiB; a listener configuration is
+# one key of one. A larger file is not one the operator wrote, and is refused unread.
+MAX_BYTES = 1024 * 1024
+# errno values that say the process, not the file, is short of something.
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
 def parse(data: Any) -> ListenerConfig:
     return build(ListenerConfig, data)
 
@@ -242,7 +256,11 @@ def build(cls: type[M], data: Any) -> M:
 
 
 def loads(text: str) -> ListenerConfig:
-    """A configuration from its text: JSON (what the operator renders for pods) or YAML."""
+    """A configuration from its text: JSON (what the operator renders for pods) or YAML.
+
+    It must say `services:`: an empty file, or one cut before its services, is a broken file
+    (the last good configuration stays), not a listener with no services; no services at
+    all is said `services: []`."""
     if text.lstrip().startswith("{"):
         try:
             data = msgspec.json.decode(text)
@@ -256,14 +274,38 @@ def loads(text: str) -> ListenerConfig:
             data = yaml.load(text, Loader=_yaml_loader())  # a safe loader, C or Python
         except yaml.YAMLError as exc:
             raise ConfigError(f"not YAML: {exc}") from None
-    return parse(data if data is not None else {})
+    if data is None:
+        raise ConfigError("empty file (a configuration without services says `services: []`)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"(top): expected a mapping, not {type(data).__name__}")
+    if "services" not in data:
+        raise ConfigError(
+            "services: missing (a file cut short?); a configuration without services says "
+            "`services: []`"
+        )
+    return parse(data)
 
 
 def load(path: pathlib.Path) -> ListenerConfig:
+    """Read and check a configuration file of at most MAX_BYTES. Raises ConfigError for a
+    file that cannot be used and ConfigUnreadable when the process cannot read it now."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(MAX_BYTES + 1) if size <= MAX_BYTES else b""
     except OSError as exc:
+        if exc.errno in EXHAUSTED:
+            raise ConfigUnreadable(exc.errno, f"{path}: {exc.strerror}") from None
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    if size > MAX_BYTES or len(raw) > MAX_BYTES:
+        raise ConfigError(
+            f"{path}: {max(size, len(raw))} bytes, more than the {MAX_BYTES} a configuration "
+            "may have"
+        )
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return loads(text)
 
 

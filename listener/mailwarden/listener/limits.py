@@ -6,7 +6,7 @@ import enum
 
 
 class Verdict(enum.Enum):
-    ADMITTED = "accepted"
+    ACCEPTED = "accepted"  # the metrics outcome of an admitted connection (C2)
     OVER_CAP = "over_cap"
     OVER_ADDRESS_CAP = "over_address_cap"
 
@@ -33,7 +33,7 @@ class ConnectionLimiter:
             return Verdict.OVER_ADDRESS_CAP
         self.per_address[address] = held + 1
         self.active += 1
-        return Verdict.ADMITTED
+        return Verdict.ACCEPTED
 
     def release(self, address: str) -> None:
         self.active -= 1

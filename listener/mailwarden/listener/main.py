@@ -128,6 +128,7 @@ async def serve(
 
     seen = watch.fingerprint(source.paths())
     seen_tls = watch.fingerprint(tls_paths(listener.config))
+    unreadable = False
     stopping = asyncio.ensure_future(shutdown.stop.wait())
     try:
         while not shutdown.stop.is_set():
@@ -138,19 +139,23 @@ async def serve(
             reloading.cancel()
             if shutdown.stop.is_set():
                 break
-            current = watch.fingerprint(source.paths())
-            if current != seen or reload_now.is_set():
-                reload_now.clear()
-                seen = current
-                try:
-                    await listener.reload(source.load())
-                except config.ConfigError as exc:
-                    listener.reject(str(exc))
-                except server.ReloadError:
-                    pass  # logged and counted by the listener
-                seen_tls = watch.fingerprint(tls_paths(listener.config))
+            try:
+                current = watch.fingerprint(source.paths())
+                if current != seen or reload_now.is_set():
+                    await _reload(listener, source)
+                    reload_now.clear()
+                    seen = current
+                    seen_tls = watch.fingerprint(tls_paths(listener.config))
+                    continue
+                current_tls = watch.fingerprint(tls_paths(listener.config))
+            except config.ConfigUnreadable as exc:
+                # Out of file descriptors (or memory): not a broken file. Nothing changes;
+                # the files are looked at again at the next poll.
+                if not unreadable:
+                    log.warning("cannot read the configuration files now, will retry: %s", exc)
+                unreadable = True
                 continue
-            current_tls = watch.fingerprint(tls_paths(listener.config))
+            unreadable = False
             if current_tls != seen_tls:
                 seen_tls = current_tls
                 listener.reload_tls()
@@ -165,6 +170,18 @@ async def serve(
         await web.close()
         log.info("stopped (%d sessions cut at the end of the drain)", closed)
     return 0
+
+
+async def _reload(listener: server.Listener, source: Source) -> None:
+    """Put the files' configuration in force; a broken one is logged and counted, and the
+    last good one stays. Raises ConfigUnreadable (and changes nothing) when the files cannot
+    be read now."""
+    try:
+        await listener.reload(source.load())
+    except config.ConfigError as exc:
+        listener.reject(str(exc))
+    except server.ReloadError:
+        pass  # logged and counted by the listener
 
 
 async def _drain(listener: server.Listener, cut: asyncio.Event) -> int:

@@ -241,8 +241,8 @@ def _check_tlvs(tlvs: bytes) -> None:
 
 
 def build_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
-    src = _plain(source[0])
-    dst = _plain(destination[0])
+    src = _ip(source[0])
+    dst = _ip(destination[0])
     if src.version != dst.version:
         # A mixed pair cannot be said in v1; map the IPv4 side into IPv6.
         src, dst = _as_v6(src), _as_v6(dst)
@@ -251,8 +251,8 @@ def build_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
 
 
 def build_v2(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
-    src = _plain(source[0])
-    dst = _plain(destination[0])
+    src = _ip(source[0])
+    dst = _ip(destination[0])
     if src.version != dst.version:
         src, dst = _as_v6(src), _as_v6(dst)
     if src.version == 4:
@@ -268,7 +268,8 @@ def build(version: str, source: tuple[str, int], destination: tuple[str, int]) -
     return build_v2(source, destination) if version == "v2" else build_v1(source, destination)
 
 
-def _plain(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address of `host` without a zone index; an IPv4-mapped IPv6 address as IPv4."""
     addr = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped

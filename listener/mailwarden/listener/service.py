@@ -90,7 +90,7 @@ class ServiceRuntime:
         refusal, saying why."""
         ip, name = acl.parse_client(address)
         verdict, wait = self.guard.admit(ip, name, self.loop.time())
-        if verdict is abuse.Verdict.ADMITTED:
+        if verdict is abuse.Verdict.ACCEPTED:
             return None
         retry = abuse.retry_after(wait)
         host = self.config.hostname

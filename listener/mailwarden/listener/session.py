@@ -453,7 +453,7 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(refusal.outcome, refusal.conversation)
                 return
         verdict = rt.limiter.acquire(name)
-        if verdict is not limits.Verdict.ADMITTED:
+        if verdict is not limits.Verdict.ACCEPTED:
             if rt.failure is not None:
                 rt.failure(name)
             outcome = m.OVER_CAP if verdict is limits.Verdict.OVER_CAP else m.OVER_ADDRESS_CAP

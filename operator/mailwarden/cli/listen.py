@@ -8,7 +8,7 @@ import sys
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import main as listener_main
-from mailwarden.operator import manifests, models, render
+from mailwarden.operator import listener_config, manifests, models
 
 
 class ManifestSource:
@@ -47,7 +47,7 @@ class ManifestSource:
             if not models.wants_running(msvc):
                 self.warnings.append(f"{name}: stopped (startup Manual); not listening")
                 continue
-            rendered = render.service_config(
+            rendered = listener_config.service_config(
                 msvc,
                 found.group_specs(msvc.metadata.namespace),
                 bind_addresses=True,

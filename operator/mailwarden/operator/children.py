@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 
 from mailwarden.listener import config as lc
-from mailwarden.operator import conflicts, listeners, models, naming, render
+from mailwarden.operator import conflicts, listener_config, listeners, models, naming
 from mailwarden.operator import settings as settings_mod
+from mailwarden.operator.conditions import Reason
 
 Manifest = dict[str, Any]
 
@@ -35,7 +36,10 @@ class Endpoint:
 
 
 @dataclasses.dataclass(frozen=True)
-class Warning:
+class SpecWarning:
+    """Something the spec asks for that cannot work as written: the Warning condition and a
+    Warning Event. `reason` is one of conditions.Reason's warnings."""
+
     reason: str
     message: str
 
@@ -72,9 +76,9 @@ class Children:
     its spec."""
 
     listeners: tuple[ListenerChildren, ...]
-    rendered: render.Rendered
+    rendered: listener_config.Rendered
     endpoints: tuple[Endpoint, ...]
-    warnings: tuple[Warning, ...]
+    warnings: tuple[SpecWarning, ...]
     running: bool = True
 
     @property
@@ -134,7 +138,7 @@ def for_member(
         for port in lst.listener.ports_of(me):
             endpoints.append(Endpoint(lst.listener.address, port, lst.name))
     warnings = _warnings(me, built, settings)
-    warnings += [Warning("ExemptGroupUnresolved", p) for p in rendered.exempt_problems]
+    warnings += [SpecWarning(Reason.EXEMPT_GROUP_UNRESOLVED, p) for p in rendered.exempt_problems]
     return Children(tuple(built), rendered, tuple(endpoints), tuple(warnings), me.running)
 
 
@@ -198,7 +202,7 @@ def build_listener(
 ) -> ListenerChildren:
     replicas = replicas_of(listener)
     configs = {m.name: _service_config(m, listener, groups, replicas) for m in listener.running}
-    cfg = render.listener_config(
+    cfg = listener_config.assemble(
         list(configs.values()),
         drain_seconds=float(drain_seconds(listener)),
         metrics_port=settings.metrics_port,
@@ -231,8 +235,8 @@ def drain_seconds(listener: listeners.Listener) -> int:
 
 def _render(
     msvc: models.MailService, groups: Mapping[str, models.IPAddressGroupSpec], replicas: int
-) -> render.Rendered:
-    rendered = render.service_config(
+) -> listener_config.Rendered:
+    rendered = listener_config.service_config(
         msvc, groups, bind_addresses=False, tls_dir=tls_dir(msvc), replicas=replicas
     )
     return rendered
@@ -542,14 +546,14 @@ def client_address_lost(msvc: models.MailService, expose: models.Expose) -> str 
 
 def _warnings(
     me: listeners.Member, built: Sequence[ListenerChildren], settings: settings_mod.Settings
-) -> list[Warning]:
+) -> list[SpecWarning]:
     msvc = me.msvc
-    out: list[Warning] = []
+    out: list[SpecWarning] = []
     for address, port in msvc.spec.endpoints():
         if address is not None and msvc.spec.expose.type == "ClusterIP":
             out.append(
-                Warning(
-                    "FixedAddressIgnored",
+                SpecWarning(
+                    Reason.FIXED_ADDRESS_IGNORED,
                     f"listen address {address}:{port} ignored: a ClusterIP Service cannot hold "
                     "a fixed external address; use expose.type LoadBalancer or NodePort",
                 )
@@ -557,11 +561,12 @@ def _warnings(
     for lst in built:
         address = lst.listener.address
         if address is not None and (why := dynamic_address(address)):
-            out.append(Warning("DynamicAddress", f"listen address {address} may change: {why}"))
+            message = f"listen address {address} may change: {why}"
+            out.append(SpecWarning(Reason.DYNAMIC_ADDRESS, message))
     exposes = [effective_expose(lst.listener) for lst in built] or [msvc.spec.expose]
     for expose in exposes:
         if why := client_address_lost(msvc, expose):
-            out.append(Warning("ClientAddressLost", why))
+            out.append(SpecWarning(Reason.CLIENT_ADDRESS_LOST, why))
             break
     for lst in built:
         head = oldest(lst.listener)
@@ -594,8 +599,8 @@ def _warnings(
         ]
         if differ:
             out.append(
-                Warning(
-                    "SharedListenerSettings",
+                SpecWarning(
+                    Reason.SHARED_LISTENER_SETTINGS,
                     f"address {lst.listener.address} is shared with MailService "
                     f"{head.metadata.name}, created earlier, whose {', '.join(differ)} the "
                     "shared Service and pods use; this MailService's differ",

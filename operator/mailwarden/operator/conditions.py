@@ -46,8 +46,12 @@ class Reason:
     BACKEND_UNREACHABLE = "BackendUnreachable"
     ADDRESS_PENDING = "AddressPending"
     STARTING = "Starting"
-    # Warnings (Warning condition and Events).
+    # Warnings about the spec (the Warning condition and Events; children.SpecWarning).
     CLIENT_ADDRESS_LOST = "ClientAddressLost"
+    FIXED_ADDRESS_IGNORED = "FixedAddressIgnored"
+    DYNAMIC_ADDRESS = "DynamicAddress"
+    EXEMPT_GROUP_UNRESOLVED = "ExemptGroupUnresolved"
+    SHARED_LISTENER_SETTINGS = "SharedListenerSettings"
     RUNNING = "Running"
     RESOLVED = "Resolved"
     RECONCILED = "Reconciled"

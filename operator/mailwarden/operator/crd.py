@@ -116,7 +116,7 @@ RULES: dict[str, list[Schema]] = {
         },
         {
             # Keeps floor(maxConnections / replicas) >= 1, so the per-pod caps never add up to
-            # more than the service-wide cap (render.per_pod_cap).
+            # more than the service-wide cap (listener_config.per_pod_cap).
             "rule": "!has(self.access) || !has(self.access.maxConnections)"
             " || self.access.maxConnections == 0"
             " || self.access.maxConnections >= (has(self.replicas) ? self.replicas : 1)",

@@ -279,15 +279,15 @@ async def pod_changed(
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
     # Bodies are live views that kopf updates; the world must hold stable copies.
-    snapshot: dict[str, Any] = _plain(body)
+    snapshot: dict[str, Any] = _deep_copy(body)
     return snapshot
 
 
-def _plain(value: Any) -> Any:
+def _deep_copy(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _deep_copy(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_deep_copy(v) for v in value]
     return value
 
 
@@ -314,7 +314,7 @@ def _spec_changed(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None)
     if type == "DELETED":
         seen.pop(key, None)
         return True
-    generation = (body.metadata.get("generation"), _plain(dict(body.metadata.annotations)))
+    generation = (body.metadata.get("generation"), _deep_copy(dict(body.metadata.annotations)))
     if seen.get(key) == generation:
         return False
     seen[key] = generation

@@ -18,7 +18,6 @@ from mailwarden.operator import models
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 # (apiVersion, kind) -> plural; every kind the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {

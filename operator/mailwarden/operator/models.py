@@ -14,6 +14,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 from mailwarden.listener import catalogue
+from mailwarden.listener import config as lc
 
 GROUP = "mailwarden.io"
 VERSION = "v1alpha1"
@@ -39,8 +40,9 @@ ServiceName = Literal[
 assert set(ServiceName.__args__) == set(catalogue.SERVICE_NAMES)  # type: ignore[attr-defined]
 
 # Ports a listener pod uses itself: a service listening there would make the pod crash on
-# start (address in use) over and over. The operator's metrics port (Settings.metrics_port).
-METRICS_PORT = 9090
+# start (address in use) over and over: the listener's metrics port (one value for the
+# listener, its pods and the image: mailwarden.listener.config.METRICS_PORT).
+METRICS_PORT = lc.METRICS_PORT
 RESERVED_PORTS = {
     METRICS_PORT: f"port {METRICS_PORT} is the listener pod's own metrics and health port "
     "(/metrics, /healthz, /readyz); choose another port",

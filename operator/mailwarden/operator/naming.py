@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-from mailwarden.listener import config as lc
 from mailwarden.operator import models
 
 MANAGED_BY = "mailwarden-operator"
@@ -38,7 +37,7 @@ CONFIG_FILE = "listener.yaml"
 # Where a listener pod mounts its TLS Secret (cert-manager layout: tls.crt, tls.key).
 TLS_DIR = "/etc/mailwarden/tls"
 # The listener's own default, which pods, probes, NetworkPolicies and PodMonitors follow.
-METRICS_PORT = lc.METRICS_PORT
+METRICS_PORT = models.METRICS_PORT
 CONTAINER = "listener"
 
 _MAX = 63

@@ -201,7 +201,7 @@ def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
     if version and cached is not None and cached[0] == version:
         return cached[1]
     try:
-        msvc: models.MailService | None = models.MailService.model_validate(_plain(body))
+        msvc: models.MailService | None = models.MailService.model_validate(_msvc_document(body))
     except pydantic.ValidationError:
         msvc = None
     if version:
@@ -213,7 +213,7 @@ def forget_parsed(key: Key) -> None:
     _parsed.pop(key, None)
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+def _msvc_document(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = dict(body.get("metadata") or {})
     return {
         "apiVersion": body.get("apiVersion", models.API_VERSION),
@@ -351,7 +351,7 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> s
     path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
     stamp = conditions.now()
     try:
-        msvc = models.MailService.model_validate(_plain(body))
+        msvc = models.MailService.model_validate(_msvc_document(body))
     except pydantic.ValidationError as exc:
         message = "invalid spec: " + manifests.explain(exc)
         new = status_mod.invalid(generation, message, old_status, timestamp=stamp)

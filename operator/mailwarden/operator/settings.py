@@ -108,11 +108,20 @@ class ExposeDefaults(_Model):
         return dict(_keys(v, "annotation"))
 
 
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+
+
 class ListenerDefaults(_Model):
     """MAILWARDEN_LISTENER_DEFAULTS (the chart's `listener.defaults`, JSON): what every
     MailService's listener pods and Services get unless the MailService says otherwise."""
 
-    resources: Resources | None = None
+    # Built in, so that listener pods rendered without the chart (`mailwarden render`, the
+    # operator run by hand) are not unbounded either; the chart's listener.defaults.resources
+    # says the same. `{}` for none.
+    resources: Resources | None = Field(default_factory=lambda: Resources(**DEFAULT_RESOURCES))
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     affinity: dict[str, Any] = Field(default_factory=dict)

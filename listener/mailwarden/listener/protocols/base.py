@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Callable
 from typing import Protocol
 
@@ -194,6 +195,10 @@ class Observed:
         return out
 
 
+# A line with nothing but ASCII whitespace (what bytes.split() splits on) before its LF.
+_BLANK_LINE = re.compile(rb"^[ \t\r\x0b\x0c]*\n", re.MULTILINE)
+
+
 class Line(enum.Enum):
     """What `LineBuffer.pop` says besides a line."""
 
@@ -251,6 +256,27 @@ class LineBuffer:
             # Deleting from the front of a bytearray moves its start, not its bytes.
             del buf[: end + 1]
             return line
+
+    def take_run(self, special: re.Pattern[bytes]) -> int:
+        """Take at once every complete line before the first one that `special` matches at
+        its start (or that is too long), and return how many of them were not blank. For a
+        caller that answers all ordinary lines alike: the scanning is done in C, so a
+        segment of thousands of short lines does not cost a Python step per line."""
+        buf = self._buf
+        if self._discarding:
+            return 0
+        last = buf.rfind(b"\n")
+        if last < 0:
+            return 0
+        found = special.search(buf, 0, last + 1)
+        stop = last + 1 if found is None else found.start()
+        if stop == 0:
+            return 0
+        lines = buf.count(b"\n", 0, stop)
+        blank = len(_BLANK_LINE.findall(buf, 0, stop))
+        del buf[:stop]
+        self._scanned = 0
+        return lines - blank
 
     def feed(self, data: bytes) -> list[bytes | None]:
         """Every complete line of what has come so far (None for an over-long one)."""

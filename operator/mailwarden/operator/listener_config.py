@@ -1,5 +1,6 @@
 """MailService (plus the groups it uses) → the listener's configuration. Pure: the operator
-puts the result in a ConfigMap, `mailwarden listen` feeds it straight to a listener."""
+puts the result in a ConfigMap, `mailwarden listen` feeds it straight to a listener. (Not to
+be confused with `mailwarden render`, which prints the Kubernetes objects: cli/render.py.)"""
 
 from __future__ import annotations
 
@@ -133,7 +134,7 @@ def _auto_ban(
     return ban, resolution, tuple(problems)
 
 
-def listener_config(
+def assemble(
     services: list[lc.ServiceConfig],
     *,
     drain_seconds: float = 30.0,
