@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from kubeemu import crdcheck
 from mailwarden.operator import groups, listener_config, manifests, models
 from tests.deploy.tools import CRDS, ROOT
-from tests.support import crdcheck
 
 EXAMPLES = ROOT / "examples"
 
