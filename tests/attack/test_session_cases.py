@@ -4,18 +4,22 @@ docstring says the bound the listener holds to and what the starting code did.""
 
 from __future__ import annotations
 
+import os
+import pathlib
 import socket
 import ssl
 import time
 
 import msgspec
 import pytest
+import yaml
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import proxyproto
 from tests.support import certs, wire
 from tests.support.attack import (
     Deadline,
+    _without_defaults,
     close_all,
     connect,
     open_clients,
@@ -98,12 +102,49 @@ def reset(s: socket.socket) -> None:
     close_all([s], reset=True)
 
 
+def write_config(path: pathlib.Path, cfg: lc.ListenerConfig) -> None:
+    """Write a new configuration for a running listener, as the harness wrote its first one
+    (only what differs from the defaults when the suite attacks another checkout)."""
+    if os.environ.get("MAILWARDEN_ATTACK_SOURCE"):
+        path.write_text(yaml.safe_dump(_without_defaults(lc.to_data(cfg)), sort_keys=False))
+    else:
+        path.write_text(lc.dumps(cfg))
+
+
 def figure(what: str, value: float, unit: str) -> None:
     """The figure a case measured, for the record (shown with `pytest -s` or `-rP`)."""
     print(f"figure: {what}: {value:.2f} {unit}")
 
 
 # -- point 2: a client that never reads, and a gate that waits ------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_reader_that_sends_16_mib_of_commands_and_never_reads_the_480s_is_paused(
+    misbehaving_backend, listener_process
+):
+    """16 MiB of `X` commands at the NNTP gate from a client that never reads its 480
+    replies. Bound: the listener's RSS grows by less than 30 MiB, because it stops reading
+    the client once the replies it owes are over the transport's high-water mark (the
+    client's sending stalls). Starting code: 220 MiB of queued replies (issue 12 point 2)."""
+    b = misbehaving_backend(Behaviour.NNTP)
+    lp = listener_process(service("attack/nntp", kind="NNTP", backend_port=b.port))
+    rss = lp.rss_mib()
+    with small_buffers(socket.socket()) as s:
+        s.connect(("127.0.0.1", lp.port()))
+        assert recv_until(s, b"\r\n").startswith(NNTP_GREETING)
+        sent = blast(s, b"X\r\n" * 21846, 16 << 20, seconds=40)
+        grown = lp.rss_mib() - rss
+        figure("RSS growth, 16 MiB of commands unread", grown, "MiB")
+        figure("bytes the listener took", sent / (1 << 20), "MiB")
+        assert grown < 30, f"RSS grew {grown:.1f} MiB after {sent} bytes of commands"
+        assert sent < 16 << 20, "the listener read every byte: it was never paused"
+        # The client reads now: it gets 480s, in order, and the listener is reading again.
+        got = recv_until(s, AUTH_REQUIRED * 4, timeout=5)
+        assert got.startswith(AUTH_REQUIRED)
+    assert lp.wait_metric(ACTIVE, 0, service="attack/nntp") == 0
+    with connect(lp.port()) as s:
+        assert recv_until(s, b"\r\n").startswith(NNTP_GREETING)
 
 
 @pytest.mark.timeout(90)
@@ -442,7 +483,7 @@ def test_sessions_held_across_a_reload_that_recreates_their_service_count_agains
                 metrics=lc.Metrics(address="127.0.0.1", port=lp.metrics_port),
                 drain_seconds=2.0,
             )
-            lp.config_path.write_text(lc.dumps(cfg))
+            write_config(lp.config_path, cfg)
             assert lp.wait_metric(RELOADS, before + 1, result="success") == before + 1
 
         reload(other)

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from mailwarden.listener import config as lc
-from tests.support.listener import service, wait_until
+from tests.listener.test_process import Served, get, write
+from tests.support.listener import free_port, service, wait_until
 from tests.support.mail_servers import MAIL_PASSWORD, MAIL_USER, NEWS_PASSWORD, NEWS_USER
 from tests.support.raw_tcp import connect, exchange, greeter, read_line, read_until_eof
 
@@ -295,3 +296,40 @@ def test_an_ipv6_client_is_rate_limited_as_its_64(run_listener, smtp_backend):
 def greeting_from_v6(port: int) -> bytes:
     with connect(port, source="::1", host="::1") as s:
         return read_line(s)
+
+
+def test_status_reports_rate_limited_and_banned_refusals_and_banned_addresses(
+    tmp_path, smtp_backend
+):
+    """`GET /status` of a listener run as `mailwarden listener` runs it (contract C1)."""
+    cfg = lc.ListenerConfig(
+        services=(
+            service(
+                "mail/smtp",
+                backend_port=smtp_backend.port,
+                hostname="svc",
+                rate_limit=lc.RateLimit(connections_per_minute=1),
+                auto_ban=lc.AutoBan(after_failures=2, within_seconds=30, ban_seconds=60),
+            ),
+        ),
+        metrics=lc.Metrics(address="127.0.0.1", port=free_port()),
+        drain_seconds=1,
+    )
+    path = tmp_path / "listener.yaml"
+    write(path, lc.dumps(cfg))
+    served = Served(path).start()
+    try:
+        port = cfg.services[0].listen[0].port
+        assert greeting_from(port, "127.0.0.71") == b"220 backend ESMTP\r\n"
+        for expected in (SMTP_RATE_LIMITED, SMTP_RATE_LIMITED, SMTP_BANNED):
+            with connect(port, source="127.0.0.71") as s:
+                assert read_line(s).startswith(expected)
+        smtp = get(cfg, "/status").json()["services"]["mail/smtp"]
+        assert smtp["refusals"]["rateLimited"] == 2
+        assert smtp["refusals"]["banned"] == 1
+        assert smtp["bannedAddresses"] == 1
+        metrics = get(cfg, "/metrics").text
+        assert 'mailwarden_banned_addresses{service="mail/smtp"} 1' in metrics
+        assert 'mailwarden_bans_total{service="mail/smtp"} 1' in metrics
+    finally:
+        served.shutdown()

@@ -132,12 +132,15 @@ class Script:
     ) -> None:
         self.loop = ScriptedLoop()
         self.metrics = m.Metrics()
-        cfg = lc.ServiceConfig(
-            name="test/scripted",
-            service=kind,
-            listen=(lc.Endpoint(address="127.0.0.1", port=1025),),
-            backend=lc.Backend(host="127.0.0.1", port=1026, **fields.pop("backend", {})),
-            **fields,
+        cfg = lc.build(
+            lc.ServiceConfig,
+            {
+                "name": "test/scripted",
+                "service": kind,
+                "listen": [{"address": "127.0.0.1", "port": 1025}],
+                "backend": {"host": "127.0.0.1", "port": 1026, **fields.pop("backend", {})},
+                **fields,
+            },
         )
         self.rt = service.ServiceRuntime(cfg, self.metrics, self.loop)
         self.session = session.ClientConnection(self.rt)

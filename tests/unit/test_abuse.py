@@ -153,8 +153,10 @@ def test_turning_the_policy_off_admits_everyone():
     guard = abuse.Guard(dataclass_replace(BANS, connections_per_minute=1))
     for t in (0.0, 1.0, 2.0):
         guard.failure(*addr("192.0.2.1"), t)
+    assert guard.banned_now(3.0) == 1
     guard.configure(abuse.Policy())
     assert not guard.enabled
+    assert guard.banned_now(3.0) == 0 and len(guard.rates) == 0
     assert admit(guard, "192.0.2.1", 3.0) is abuse.Verdict.ACCEPTED
     assert admit(guard, "192.0.2.1", 3.0) is abuse.Verdict.ACCEPTED
 
@@ -241,3 +243,53 @@ def test_a_high_limit_costs_constant_time_per_connection_from_one_busy_address()
     times = guard.rates._table[name]
     assert len(times) == 60_000
     assert len(times.times) < 2 * 60_000 + 64  # compacted as it goes
+
+
+# -- the listener configuration -------------------------------------------------------------
+
+BASE = """
+services:
+  - name: mail/smtp
+    service: SMTP
+    listen: [{port: 2525}]
+    backend: {host: 127.0.0.1, port: 25}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        (
+            "rate_limit: {connections_per_minute: -1}",
+            "services.0.rate_limit.connections_per_minute",
+        ),
+        ("rate_limit: {ipv6_prefix_length: 129}", "services.0.rate_limit.ipv6_prefix_length"),
+        ("auto_ban: {after_failures: 0}", "services.0.auto_ban.after_failures"),
+        ("auto_ban: {within_seconds: 5}", "services.0.auto_ban.after_failures"),  # required
+        ("auto_ban: {after_failures: 3, ban_seconds: 0}", "services.0.auto_ban.ban_seconds"),
+        ("auto_ban: {after_failures: 3, exempt: [nope]}", "services.0.auto_ban.exempt.0"),
+        ("auto_ban: {after_failures: 3, bogus: 1}", "services.0.auto_ban.bogus"),
+    ],
+)
+def test_a_bad_abuse_setting_in_the_listener_file_is_refused_naming_the_field(extra, where):
+    from mailwarden.listener import config as lc
+
+    with pytest.raises(lc.ConfigError) as caught:
+        lc.loads(BASE + "    " + extra + "\n")
+    assert str(caught.value).startswith(where + ": "), str(caught.value)
+
+
+def test_the_listener_file_takes_the_abuse_settings_and_normalises_exempt_networks():
+    from mailwarden.listener import config as lc
+
+    cfg = lc.loads(
+        BASE
+        + "    rate_limit: {connections_per_minute: 30}\n"
+        + "    auto_ban: {after_failures: 5, exempt: [192.0.2.7/24, '2001:db8::1/64']}\n"
+    )
+    svc = cfg.services[0]
+    assert svc.rate_limit.connections_per_minute == 30
+    assert svc.auto_ban is not None
+    assert svc.auto_ban.exempt == ("192.0.2.0/24", "2001:db8::/64")
+    assert (svc.auto_ban.within_seconds, svc.auto_ban.ban_seconds) == (60.0, 600.0)
+    assert lc.loads(lc.dumps(cfg)) == cfg

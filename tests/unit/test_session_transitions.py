@@ -221,3 +221,90 @@ def test_an_observer_beside_the_nntp_gate_keeps_the_gate_in_force(scripts):
     assert s.to_client == GREETING + b"480 Authentication required\r\n"
     assert s.to_backend == b""
     assert s.session.state is session.State.GATED
+
+
+# -- timeouts: totals where a trickle must not extend them; abort, not close ---------------
+
+
+def test_a_trickled_proxy_header_is_cut_at_the_handshake_total(scripts):
+    s = script(scripts, proxy_protocol_from=("127.0.0.0/8",), timeouts={"handshake": 3})
+    s.connect().send(b"PROXY TCP4 192.0.2.1 ")
+    s.sweep_at(2.0).send(b"192.0.2.2 ")  # a byte now and then does not restart the clock
+    s.sweep_at(3.5)
+    assert s.client.aborted
+    assert not s.rt.sessions
+    assert s.outcome("handshake_failed") == 1
+    assert s.loop.connects == []
+
+
+def test_a_refused_client_that_keeps_talking_is_cut_at_the_refusal_total(scripts):
+    s = script(scripts, allow=(), timeouts={"refusal": 5})
+    s.connect().send(b"EHLO x\r\n").sweep_at(4.0).send(b"MAIL FROM:<a@b>\r\n").sweep_at(4.5)
+    assert not s.client.closing
+    s.sweep_at(5.5)
+    assert s.client.aborted
+    assert s.rt.refusing == 0
+
+
+def test_an_idle_session_with_an_undrained_write_buffer_is_aborted_and_its_slot_freed(scripts):
+    s = script(scripts, max_connections=1, timeouts={"idle": 10})
+    s.connect().backend_connects().backend_says(b"220 mx\r\n" * 100)
+    s.client.buffered = 1 << 20  # the client stopped reading
+    s.session.pause_writing()
+    assert s.backend is not None and not s.backend.reading
+    s.sweep_at(1).sweep_at(12)
+    assert s.client.aborted and s.backend.aborted
+    assert s.active == 0
+    assert s.rt.limiter.active == 0
+    assert not s.rt.sessions
+
+
+def test_past_the_refusal_cap_a_refused_client_hears_its_refusal_and_is_closed(scripts):
+    s = script(scripts, allow=())
+    s.rt.refusing = session.REFUSING_LIMIT
+    s.connect()
+    assert s.to_client.startswith(b"554 ")
+    assert s.client.closing and not s.client.aborted
+    assert s.rt.refusing == session.REFUSING_LIMIT
+    s.rt.refusing = 0
+    t = script(scripts, allow=())
+    t.connect()
+    assert not t.client.closing
+    assert t.rt.refusing == 1
+
+
+# -- flow control: the listener's own answers and the gate's backlog are bounded ----------
+
+
+def test_commands_for_a_gate_still_waiting_for_the_greeting_are_held_bounded(scripts):
+    s = script(scripts, "NNTP").connect().backend_connects()
+    line = b"GROUP " + b"a" * 200 + b"\r\n"
+    for _ in range(10):
+        if not s.client.reading:
+            break
+        s.send(line * 100)
+    assert not s.client.reading  # paused, not buffered without bound
+    held = len(s.session._pending)
+    assert session.PENDING_LIMIT < held <= session.PENDING_LIMIT + len(line) * 100
+    s.backend_says(GREETING)
+    assert s.client.reading
+    assert s.to_client == GREETING + b"480 Authentication required\r\n" * (held // len(line))
+
+
+def test_a_reader_that_does_not_read_the_gates_answers_is_paused_until_it_does(scripts):
+    s = script(scripts, "NNTP").connect().backend_connects().backend_says(GREETING)
+    s.send(b"X\r\n" * 1000)
+    s.session.pause_writing()  # the transport's write buffer is over its high-water mark
+    assert not s.client.reading
+    s.session.resume_writing()
+    assert s.client.reading
+
+
+def test_a_failed_tls_handshake_releases_the_session_without_connection_lost(scripts):
+    s = script(scripts)
+    s.connect()
+    s.session.state = session.State.TLS
+    s.session._handshake_failed("TLS handshake: ConnectionResetError()")
+    assert not s.rt.sessions
+    assert s.client.aborted
+    assert s.outcome("handshake_failed") == 1

@@ -287,6 +287,13 @@ class Guard:
 
     def configure(self, policy: Policy) -> None:
         self.policy = policy
+        # A part turned off forgets what it held: bans no longer enforced are not reported
+        # as bans (and are not enforced again if the part is turned back on later).
+        if not policy.connections_per_minute:
+            self.rates = SlidingLog(1, RATE_WINDOW, self.rates.capacity)
+        if not policy.after_failures:
+            self.failures = SlidingLog(1, policy.within_seconds, self.failures.capacity)
+            self.bans = BanList(self.bans.capacity)
         self.rates.reconfigure(policy.connections_per_minute, RATE_WINDOW)
         self.failures.reconfigure(policy.after_failures, policy.within_seconds)
 

@@ -31,6 +31,11 @@ EMPTY = b""
 # once per service. Past this a refused client hears the opening refusal and is closed: a
 # flood of denied clients that trickle bytes holds no more than this many descriptors.
 REFUSING_LIMIT = 128
+# Client bytes handed to the protocol's gate in one callback. A gate answers every line it
+# is given (NNTP: 480 per command), so a 256 KiB read of `X\n` is 128k answers; in slices,
+# with a loop turn between them, other sessions and /healthz are served meanwhile, and no
+# more is answered than a client that does not read can be sent.
+GATE_SLICE = 16 * 1024
 
 # Why the client's reading is paused; it resumes when no reason is left.
 _PAUSE_PENDING = 1  # its bytes wait for the backend connection, the TLS layer or the gate
@@ -107,6 +112,7 @@ class Runtime(Protocol):
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_eof",
+        "_gate_turn",
         "_local",
         "_paused",
         "_pending",
@@ -156,6 +162,8 @@ class ClientConnection(asyncio.Protocol):
         # the session's start; STARTTLS; a refusal): bytes trickled in do not extend it.
         self.phase_started = 0.0
         self._paused = 0
+        # The gate's next slice of held client bytes, scheduled for the next loop turn.
+        self._gate_turn: asyncio.Handle | None = None
         # Counted among the service's refused sessions that keep talking.
         self.refusing = False
         # Whether the client leg is TLS (which cannot half-close); known once, not asked
@@ -217,10 +225,12 @@ class ClientConnection(asyncio.Protocol):
             self._read_proxy_header()
         elif state is State.GATED:
             assert self.gate is not None and self.backend is not None
-            if self._pending or not self.gate.idle:
-                # A command waits for the backend's answer (or its greeting): what follows
-                # is held here, bounded, until the gate can take it.
+            if self._pending or not self.gate.idle or len(data) > GATE_SLICE:
+                # A command waits for the backend's answer (or its greeting), or there is
+                # more than one slice: what follows is held here, bounded, until the gate
+                # can take it.
                 self._hold(data)
+                self._gate_soon()
             else:
                 self._apply_gate(self.gate.from_client(data))
         elif state is State.REFUSING:
@@ -274,6 +284,8 @@ class ClientConnection(asyncio.Protocol):
         if self.backend is not None and self.state is not State.STARTTLS:
             self.backend.transport.resume_reading()
         self._resume(_PAUSE_CLIENT)
+        if self.state is State.GATED and self._pending:
+            self._gate_soon()
 
     @property
     def local(self) -> tuple[str, int]:
@@ -580,8 +592,9 @@ class ClientConnection(asyncio.Protocol):
             self._gate_eof()
 
     def _gate_ready(self) -> None:
-        """The gate may have answered: hand it the client's bytes held meanwhile, once it
-        can take them."""
+        """The gate may have answered: hand it the next slice of the client's bytes held
+        meanwhile, if it can take them and the client reads what it is told."""
+        self._gate_turn = None
         gate = self.gate
         if (
             self.state is State.GATED
@@ -589,10 +602,25 @@ class ClientConnection(asyncio.Protocol):
             and gate.idle
             and self._pending
             and self.seen_data
+            and not self._paused & _PAUSE_CLIENT
         ):
-            self._apply_gate(gate.from_client(self._take_pending()))
+            pending = self._pending
+            if len(pending) <= GATE_SLICE:
+                data = self._take_pending()
+            else:
+                data = bytes(pending[:GATE_SLICE])
+                self._pending = pending = pending[GATE_SLICE:]
+                if len(pending) <= PENDING_LIMIT:
+                    self._resume(_PAUSE_PENDING)
+            self._apply_gate(gate.from_client(data))
+            if self._pending:
+                self._gate_soon()
         elif self._eof:
             self._gate_eof()
+
+    def _gate_soon(self) -> None:
+        if self._gate_turn is None and self.gate is not None and self.gate.idle:
+            self._gate_turn = self.rt.loop.call_soon(self._gate_ready)
 
     def _gate_eof(self) -> None:
         # Pass the client's EOF on once the gate has no command waiting for its turn or
