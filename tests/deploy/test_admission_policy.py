@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from kubeemu import crdcheck
 from mailwarden.operator import naming
 from tests.deploy.tools import by_kind, render
-from tests.support import crdcheck
 
 OPERATOR = "system:serviceaccount:mail:mw-mailwarden"
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}

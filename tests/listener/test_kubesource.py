@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.listener import config as lc
 from mailwarden.listener import kubesource
-from tests.support.kube import EmulatorThread
 from tests.support.listener import free_port, service, wait_until
 from tests.support.raw_tcp import connect, greeter, read_line
 
