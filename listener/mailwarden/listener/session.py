@@ -676,6 +676,8 @@ class ClientConnection(asyncio.Protocol):
         """A TLS handshake that did not complete: the layer start_tls put in place owns the
         transport, and its connection_lost does not reach this protocol during a handshake,
         so the session releases what it holds itself."""
+        if self not in self.rt.sessions:
+            return  # already ended by the sweep's handshake timeout, and counted there
         log.info("%s: %s:%s: %s", self.rt.config.name, self.peer[0], self.peer[1], why)
         self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
         self._end_now()
