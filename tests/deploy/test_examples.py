@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubeemu import crdcheck, loadbalancer
 from mailwarden.operator import groups, listener_config, manifests, models, naming
 from tests.deploy.tools import CRDS, ROOT
-from tests.support import crdcheck, loadbalancer
 
 KUBERNETES = "1.34"  # the current minor of the official schemas
 
@@ -179,7 +179,7 @@ def test_render_shows_one_service_per_fixed_address_and_every_pod_serves_every_p
         if s["metadata"]["annotations"][naming.ANNOTATION_ADDRESS]
     ]
     assert fixed and len(fixed) == len(set(fixed)), fixed
-    # What MetalLB (modelled from its sources, tests/support/loadbalancer.py) makes of them:
+    # What MetalLB (modelled from its sources, kubeemu/loadbalancer.py) makes of them:
     # every Service on a fixed address gets it, and every pod behind it serves every port.
     assigned = loadbalancer.MetalLB().assign(services)
     for s in services:
