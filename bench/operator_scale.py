@@ -59,8 +59,8 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
+from kubeemu.emulator import Emulator, EmulatorThread
 from mailwarden.operator import models, naming
-from tests.support.kube import Emulator, EmulatorThread
 
 MW = models.API_VERSION
 BENCH_AGENT = "mailwarden-bench"

@@ -6,9 +6,9 @@ import re
 import pydantic
 import pytest
 
+from kubeemu import crdcheck
 from mailwarden.listener import catalogue
 from mailwarden.operator import crd, models
-from tests.support import crdcheck
 from tests.support.cel_coverage import EVALUATED
 
 MSVC = crd.mailservice_crd()

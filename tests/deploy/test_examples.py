@@ -15,9 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubeemu import crdcheck, loadbalancer
 from mailwarden.operator import groups, listener_config, manifests, models, naming
 from tests.deploy.tools import CRDS, ROOT
-from tests.support import crdcheck, loadbalancer
 
 KUBERNETES = "1.34"  # the current minor of the official schemas
 

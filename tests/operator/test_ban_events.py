@@ -5,6 +5,7 @@ of bans does not become a flood of Events."""
 
 from __future__ import annotations
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import bans, figures
 from tests.operator.resources import MW, mailservice, ready
 from tests.operator.test_live_figures import (
@@ -14,7 +15,6 @@ from tests.operator.test_live_figures import (
     running_pods,
     session,
 )
-from tests.support.kube import EmulatorThread
 from tests.support.listener import free_port
 from tests.support.operator import Client, OperatorThread, eventually
 from tests.support.raw_tcp import Backend, read_line

@@ -1,5 +1,5 @@
 """Live figures end to end: the real operator polls real listener processes (the pod
-stand-in of tests/support/pods.py runs one `mailwarden-listener` per pod of a listener
+stand-in of kubeemu/pods.py runs one `mailwarden-listener` per pod of a listener
 Deployment, on an address of its own), sessions are opened through those listeners, and
 `kubectl get msvc` (the real kubectl against the emulator) shows ACTIVE and REFUSED move.
 A pod that stops answering is named in the FiguresAvailable condition while the operator
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import figures, naming
 from mailwarden.operator import settings as settings_mod
 from tests.operator.resources import MW, condition, group, mailservice, ready
 from tests.operator.test_kubectl import KUBECTL, kubeconfig, run
-from tests.support.kube import EmulatorThread
 from tests.support.listener import free_port
 from tests.support.operator import Client, OperatorThread, eventually
 from tests.support.raw_tcp import Backend, greeter, read_line
