@@ -179,7 +179,7 @@ def test_render_shows_one_service_per_fixed_address_and_every_pod_serves_every_p
         if s["metadata"]["annotations"][naming.ANNOTATION_ADDRESS]
     ]
     assert fixed and len(fixed) == len(set(fixed)), fixed
-    # What MetalLB (modelled from its sources, tests/support/loadbalancer.py) makes of them:
+    # What MetalLB (modelled from its sources, kubeemu/loadbalancer.py) makes of them:
     # every Service on a fixed address gets it, and every pod behind it serves every port.
     assigned = loadbalancer.MetalLB().assign(services)
     for s in services:

@@ -1,5 +1,5 @@
 """The emulator's model of MetalLB and of the API server's Service allocators
-(tests/support/loadbalancer.py), against the rules they cite, and what it says about the
+(kubeemu/loadbalancer.py), against the rules they cite, and what it says about the
 Services the operator renders: per MailService before (all but one pending on a shared
 address), per address now (assigned, and every pod behind it serves every port).
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubeemu import loadbalancer
 from mailwarden.operator import children, listeners, models, settings
-from tests.support import loadbalancer
 
 
 def svc(

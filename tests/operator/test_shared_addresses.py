@@ -1,5 +1,5 @@
 """One listener per fixed address, through the real operator against the emulator, whose
-MetalLB model (tests/support/loadbalancer.py, citing MetalLB's usage docs and source) assigns
+MetalLB model (kubeemu/loadbalancer.py, citing MetalLB's usage docs and source) assigns
 load-balancer addresses or leaves them pending, and whose routing check asks whether every
 pod behind every address serves every port of it."""
 
@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kubeemu import loadbalancer
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import naming
 from tests.operator.resources import (
     MW,
@@ -22,8 +24,6 @@ from tests.operator.resources import (
     mailservice,
     ready,
 )
-from tests.support import loadbalancer
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, eventually
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
