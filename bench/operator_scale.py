@@ -59,8 +59,8 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
+from kubeemu.emulator import Emulator, EmulatorThread
 from mailwarden.operator import models, naming
-from tests.support.kube import Emulator, EmulatorThread
 
 MW = models.API_VERSION
 BENCH_AGENT = "mailwarden-bench"
@@ -102,8 +102,8 @@ SMOKE = Scale(
     figures_period=2.0,
     figures_window=8.0,
 )
-# The fake listener pods' addresses: 127.250.x.y, on the listeners' metrics port.
-POD_NET = 250
+# The fake listener pods' addresses: 127.N.x.y, on the listeners' metrics port, N chosen per
+# run (two runs on one machine must not meet).
 LISTENER_METRICS_PORT = 9090
 
 
@@ -452,16 +452,31 @@ class _StatusProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def pod_address(i: int) -> str:
-    return f"127.{POD_NET}.{i // 250}.{i % 250 + 1}"
+def pod_network() -> int:
+    """A second octet of 127.0.0.0/8 whose addresses are free on the metrics port."""
+    start = os.getpid() % 60
+    for k in range(60):
+        octet = 192 + (start + k) % 60
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.{octet}.0.1", LISTENER_METRICS_PORT))
+            except OSError:
+                continue
+        return octet
+    raise RuntimeError("no free 127.N.0.0/16 for the fake listener pods")
+
+
+def pod_address(net: int, i: int) -> str:
+    return f"127.{net}.{i // 250}.{i % 250 + 1}"
 
 
 def fake_pods(services: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """One running listener pod per MailService, as the kubelet would report it."""
     pods, served = [], {}
+    net = pod_network()
     for i, msvc in enumerate(services):
         ns, name = msvc["metadata"]["namespace"], msvc["metadata"]["name"]
-        ip = pod_address(i)
+        ip = pod_address(net, i)
         served[ip] = f"{ns}/{name}"
         pods.append(
             {
@@ -470,7 +485,7 @@ def fake_pods(services: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dic
                 "metadata": {
                     "name": f"{naming.base(name)}-0",
                     "namespace": ns,
-                    "labels": naming.selector(name),
+                    "labels": naming.labels(naming.base(name), name),
                 },
                 "spec": {"containers": [{"name": "listener", "image": "mailwarden-listener"}]},
                 "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},

@@ -11,9 +11,9 @@ import pydantic
 import pytest
 import yaml
 
+from kubeemu import crdcheck
 from mailwarden.listener import catalogue
 from mailwarden.operator import crd, models
-from tests.support import crdcheck
 
 MSVC = crd.mailservice_crd()
 IPG = crd.ipaddressgroup_crd()

@@ -6,9 +6,9 @@ import re
 import pydantic
 import pytest
 
+from kubeemu import crdcheck
 from mailwarden.listener import catalogue
 from mailwarden.operator import crd, models
-from tests.support import crdcheck
 from tests.support.cel_coverage import EVALUATED
 
 MSVC = crd.mailservice_crd()
@@ -324,3 +324,24 @@ def test_abuse_settings_at_the_ends_of_their_ranges_are_accepted(section, field,
 def test_exempt_from_must_name_a_group():
     (error,) = errors(MSVC, msvc(access={"autoBan": {"exemptFrom": "Not A Name"}}))
     assert error.startswith("spec.access.autoBan.exemptFrom: ")
+
+
+# -- ports the listener pod uses itself -----------------------------------------------------
+
+
+def test_the_pod_s_own_metrics_port_is_refused_by_cel_and_the_models_naming_the_field():
+    """Port 9090 is the listener pod's /metrics, /healthz and /readyz: a service there would
+    make every pod fail to bind and crash-loop."""
+    obj = msvc(listen=[{"address": "192.0.2.1", "port": 25}, {"port": 9090}])
+    found = errors(MSVC, obj)
+    assert found, "the CRD accepted port 9090"
+    assert any("spec.listen[1].port" in e and "metrics and health port" in e for e in found)
+    with pytest.raises(pydantic.ValidationError) as exc:
+        models.MailService.model_validate(obj)
+    assert "listen.1.port" in str(exc.value) and "metrics and health port" in str(exc.value)
+
+
+@pytest.mark.parametrize("port", [25, 443, 1023, 9089, 9091])
+def test_other_ports_including_privileged_ones_are_accepted(port):
+    # Below 1024 is fine: the pod sets net.ipv4.ip_unprivileged_port_start=0.
+    assert errors(MSVC, msvc(listen=[{"port": port}])) == []

@@ -4,8 +4,8 @@ CRDs, plus what `kubectl explain` and CEL cost estimation need)."""
 import jsonschema
 import pytest
 
+from kubeemu import crdcheck
 from mailwarden.operator import crd
-from tests.support import crdcheck
 
 SCHEMAS = {c["spec"]["names"]["kind"]: crdcheck.openapi_schema(c) for c in crd.crds()}
 NODES = [

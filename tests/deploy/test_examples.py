@@ -5,14 +5,21 @@ CRD schemas accept them."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import pathlib
+import subprocess
+import sys
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from mailwarden.operator import groups, listener_config, manifests, models
+from kubeemu import crdcheck, loadbalancer
+from mailwarden.operator import groups, listener_config, manifests, models, naming
 from tests.deploy.tools import CRDS, ROOT
-from tests.support import crdcheck
+
+KUBERNETES = "1.34"  # the current minor of the official schemas
 
 EXAMPLES = ROOT / "examples"
 
@@ -121,7 +128,7 @@ def crds() -> dict[str, dict[str, Any]]:
 
 def example_objects() -> list[dict[str, Any]]:
     out = []
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+    for path in [*sorted(EXAMPLES.glob("*.yaml")), *sorted(EXAMPLES.glob("one-address/*.yaml"))]:
         out += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return out
 
@@ -135,4 +142,82 @@ def test_every_example_is_accepted_by_its_crd_schema_and_cel_rules() -> None:
         _, errors = crdcheck.validate(by_kind[obj["kind"]], obj)
         assert errors == [], f"{obj['kind']} {obj['metadata']['name']}: {errors}"
         checked += 1
-    assert checked == 11  # 3 groups, 8 services
+    assert checked == 11 + 9  # 3 groups, 8 services; one-address: 1 group, 8 services
+
+
+def mailwarden_render(*paths: pathlib.Path) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mailwarden.cli",
+            "render",
+            *(a for p in paths for a in ("-f", str(p))),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MAILWARDEN_")},
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [sorted(EXAMPLES.glob("*.yaml")), [EXAMPLES / "one-address"], [EXAMPLES]],
+    ids=["readme-examples", "one-address", "all-examples"],
+)
+def test_render_shows_one_service_per_fixed_address_and_every_pod_serves_every_port(
+    paths: list[pathlib.Path],
+) -> None:
+    docs = mailwarden_render(*paths)
+    services = [d for d in docs if d["kind"] == "Service"]
+    fixed = [
+        (s["metadata"]["namespace"], s["metadata"]["annotations"][naming.ANNOTATION_ADDRESS])
+        for s in services
+        if s["metadata"]["annotations"][naming.ANNOTATION_ADDRESS]
+    ]
+    assert fixed and len(fixed) == len(set(fixed)), fixed
+    # What MetalLB (modelled from its sources, kubeemu/loadbalancer.py) makes of them:
+    # every Service on a fixed address gets it, and every pod behind it serves every port.
+    assigned = loadbalancer.MetalLB().assign(services)
+    for s in services:
+        key = f"{s['metadata']['namespace']}/{s['metadata']['name']}"
+        address = s["metadata"]["annotations"][naming.ANNOTATION_ADDRESS]
+        if s["spec"]["type"] == "LoadBalancer" and address:
+            assert assigned[key] == [address], (key, loadbalancer.MetalLB().failures)
+        s["status"] = {"loadBalancer": {"ingress": [{"ip": ip} for ip in assigned.get(key, [])]}}
+    assert loadbalancer.routing_problems(docs) == []
+    for doc in docs:
+        kubernetes_validate.validate(doc_without_status(doc), KUBERNETES, strict=True)
+
+
+def test_the_one_address_example_puts_a_whole_mail_host_on_one_service() -> None:
+    docs = mailwarden_render(EXAMPLES / "one-address")
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert sorted(services) == [
+        "mailwarden--198-51-100-25",
+        "mailwarden--198-51-100-80",
+        "mailwarden--2001-db8-25--25",
+    ]
+    shared = services["mailwarden--198-51-100-25"]
+    # SMTP, webmail's HTTP and HTTPS, Submission, IMAPS, POP3S; IMAP (143) is stopped.
+    assert [p["port"] for p in shared["spec"]["ports"]] == [25, 80, 443, 587, 993, 995]
+    assert shared["metadata"]["annotations"]["metallb.io/loadBalancerIPs"] == "198.51.100.25"
+    assert [p["port"] for p in services["mailwarden--198-51-100-80"]["spec"]["ports"]] == [80]
+    assert services["mailwarden--2001-db8-25--25"]["spec"]["ipFamilies"] == ["IPv6"]
+    config = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mailwarden--198-51-100-25"
+    )
+    names = sorted(s["name"] for s in yaml.safe_load(config["data"]["listener.yaml"])["services"])
+    assert names == [
+        f"mailhost/{n}"
+        for n in sorted(["smtp", "submission", "imaps", "pop3s", "webmail", "webmail-http"])
+    ]
+
+
+def doc_without_status(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "status"}

@@ -16,10 +16,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubeemu import crdcheck
 from mailwarden.operator import manifests, models
 from tests.deploy.tools import KUBERNETES_VERSION, ROOT, binary, render
 from tests.kind import test_e2e_cluster
-from tests.support import crdcheck
 from tests.support.listener import free_port
 from tests.support.mail_servers import DOVECOT
 from tests.support.process import private_dir, require, stop_process, wait_port

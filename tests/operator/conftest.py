@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.kube import EmulatorThread
+from kubeemu.emulator import EmulatorThread
 from tests.support.operator import Client, OperatorThread
 
 _namespaces = itertools.count(1)

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.listener import proxyproto
 from mailwarden.operator import conflicts, groups, models, probe
 from mailwarden.operator import status as status_mod
 from mailwarden.operator.conditions import Reason
 from mailwarden.operator.settings import Settings
 from tests.operator.resources import MW, condition, mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, OperatorThread, eventually
 
 PERIOD = 0.3  # seconds between probes in these tests (60 by default)

@@ -5,6 +5,7 @@ of bans does not become a flood of Events."""
 
 from __future__ import annotations
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import bans, figures
 from tests.operator.resources import MW, mailservice, ready
 from tests.operator.test_live_figures import (
@@ -14,7 +15,6 @@ from tests.operator.test_live_figures import (
     running_pods,
     session,
 )
-from tests.support.kube import EmulatorThread
 from tests.support.listener import free_port
 from tests.support.operator import Client, OperatorThread, eventually
 from tests.support.raw_tcp import Backend, read_line
@@ -84,3 +84,42 @@ def test_a_ban_reaches_the_status_and_one_event_however_many_addresses_are_banne
 
     eventually(four, timeout=15)
     assert len(ban_events(kube, ns, "smtp")) == 1
+
+
+def test_with_two_replicas_each_pod_counts_on_its_own_and_the_status_sums_them(
+    kube: Client, emulator: EmulatorThread, operator: OperatorThread, backend: Backend, ns: str
+) -> None:
+    """What the user sees of the per-pod decision (docs/decisions/0004): a client spread over
+    two pods gets the limit on each, twice the setting in all; refusals are summed."""
+    port = free_port()
+    kube.apply(
+        mailservice(
+            ns,
+            "sub",
+            service="Submission",
+            replicas=2,
+            listen=[{"port": port}],
+            backend={"host": "127.0.0.1", "port": backend.port},
+            access={"rateLimit": {"connectionsPerMinute": 2}},
+        )
+    )
+    eventually(lambda: ready(kube, ns, "sub"))
+    a, b = eventually(lambda: running_pods(emulator, ns, "sub", 2), timeout=30)
+    admitted = 0
+    for pod in (a, b):
+        for _ in range(3):
+            with session(pod["status"]["podIP"], port, "127.0.0.81") as s:
+                line = read_line(s)
+            if line.startswith(b"220 "):
+                admitted += 1
+            else:
+                assert line.startswith(b"421 4.7.0 sub Error: rate limited:"), line
+    assert admitted == 4  # 2 a minute, on each of 2 pods
+
+    def summed() -> None:
+        status = kube.get(MW, "MailService", ns, "sub")
+        assert status is not None
+        conns = status.get("status", {}).get("connections", {})
+        assert conns.get("rateLimited") == 2, status.get("status")
+
+    eventually(summed, timeout=15)

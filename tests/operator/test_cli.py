@@ -14,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
+from kubeemu.emulator import EmulatorThread
 from tests.operator.resources import mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, eventually
 
 MANIFESTS = """\

@@ -1,4 +1,4 @@
-"""The API emulator's own promises (tests/support/kube.py), over real HTTP: what the operator
+"""The API emulator's own promises (kubeemu/emulator.py), over real HTTP: what the operator
 tests rely on must behave as a real API server does."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.kube import EmulatorThread
+from kubeemu.emulator import EmulatorThread
 
 CM = "/api/v1/namespaces/ns/configmaps"
 MS = "/apis/mailwarden.io/v1alpha1/namespaces/ns/mailservices"

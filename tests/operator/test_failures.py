@@ -1,7 +1,7 @@
 """Failures reach the MailService's status (kstatus conditions) and its Events, once per
 transition: children the API server refuses (issue 10 point 2), and listener Deployments and
 pods in trouble (point 3). The operator runs for real against the emulator; admission is
-played by tests/support/admission.py, the Deployment controller and the kubelet by the test
+played by kubeemu/admission.py, the Deployment controller and the kubelet by the test
 writing their status fields."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from kubeemu import admission
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import groups, naming
 from mailwarden.operator import status as status_mod
 from mailwarden.operator.conditions import READY_FALSE, Reason
 from tests.operator.resources import MW, condition, mailservice, ready
-from tests.support import admission
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, eventually
 
 # -- each check speaks as the reason table says ---------------------------------------------

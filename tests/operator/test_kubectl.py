@@ -12,10 +12,10 @@ import sys
 import pytest
 import yaml
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.cli import kubectl as plugin
 from mailwarden.operator import models
 from tests.operator.resources import MW, mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, eventually
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

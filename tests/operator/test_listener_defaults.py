@@ -16,10 +16,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import children, conflicts, models, naming, reconcile, settings
 from tests.deploy.tools import CHART
 from tests.operator.resources import MW, mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, OperatorThread, eventually
 
 KUBERNETES = "1.34"

@@ -1,6 +1,6 @@
 """No write loops over resource quantities (issue 10 point 6): the API server stores them in
 canonical form, and the operator compares by value. The emulator canonicalises as the API
-server does (tests/support/quantities.py, after kubernetes/apimachinery
+server does (kubeemu/quantities.py, after kubernetes/apimachinery
 pkg/api/resource/quantity.go)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from kubeemu import quantities
 from mailwarden.operator import apply, naming
 from tests.operator.resources import MW, mailservice, ready
-from tests.support import quantities
 from tests.support.operator import Client, eventually
 
 # Written -> stored, as apimachinery's Quantity serialises them (its quantity_test.go has

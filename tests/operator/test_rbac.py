@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import kube as kube_mod
 from mailwarden.operator import models, naming
 from mailwarden.operator import settings as settings_mod
 from tests.deploy.tools import by_kind, render
 from tests.operator.resources import MW, events_include, group, mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, OperatorThread, eventually
 
 Triple = tuple[str, str, str]  # API group, resource[/subresource], verb

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import metrics
 from tests.operator.resources import MW, group, mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, OperatorThread, eventually
 
 CHILDREN = [

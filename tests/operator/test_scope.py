@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from kubeemu.emulator import EmulatorThread
 from mailwarden.operator import handlers, naming
 from tests.operator.resources import mailservice, ready
-from tests.support.kube import EmulatorThread
 from tests.support.operator import Client, OperatorThread, eventually
 
 UNRELATED = 600  # of each kind; the benchmark uses 10,000

@@ -39,8 +39,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _collected or _selected != _collected or _passed != _collected:
         return
+    from kubeemu import crdcheck
     from mailwarden.operator import crd
-    from tests.support import crdcheck
 
     rules = {
         r.rule

@@ -121,6 +121,18 @@ class Metrics:
             registry=r,
         )
 
+        self.fd_shortages = prom.Counter(
+            "mailwarden_fd_shortages",
+            "Times accepting stopped because file descriptors ran short (new clients wait "
+            "in the kernel's backlog until enough are free).",
+            registry=r,
+        )
+        self.accept_paused = prom.Gauge(
+            "mailwarden_accept_paused",
+            "1 while accepting is stopped because file descriptors run short.",
+            registry=r,
+        )
+
     def exposition(self) -> tuple[int, bytes, str]:
         """GET /metrics: the text format, for the health server's route table."""
         return 200, prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST

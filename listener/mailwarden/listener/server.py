@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import socket
 import ssl
 import time
 
-from mailwarden.listener import config, figures, service
+from mailwarden.listener import config, descriptors, figures, service
 from mailwarden.listener import metrics as m
 
 log = logging.getLogger(__name__)
@@ -17,6 +20,17 @@ log = logging.getLogger(__name__)
 
 class ReloadError(RuntimeError):
     """A new configuration that could not be put in force; the old one stays."""
+
+
+@dataclasses.dataclass
+class Paused:
+    """A server closed while descriptors run short, and its listening sockets kept open."""
+
+    rt: service.ServiceRuntime
+    endpoint: config.Endpoint
+    # The endpoint's server in rt.servers when accepting stopped.
+    server: asyncio.Server
+    socks: list[socket.socket]
 
 
 class Listener:
@@ -29,6 +43,15 @@ class Listener:
         self.draining = False
         self.started = False
         self._sweeper: asyncio.Task[None] | None = None
+        # Accepting stops while file descriptors run short (descriptors.py): the servers
+        # closed then, each with duplicates of its listening sockets that keep the kernel's
+        # backlog (and the port) until accepting resumes.
+        self._fds = descriptors.Budget()
+        self._paused: list[Paused] | None = None
+        self._pausing = False
+        # Servers made on resuming for the second and later sockets of an endpoint bound on
+        # every address (IPv4 and IPv6): rt.servers holds one server per endpoint.
+        self._secondary: dict[tuple[int, config.Endpoint], list[asyncio.Server]] = {}
 
     @property
     def ready(self) -> bool:
@@ -106,6 +129,7 @@ class Listener:
                 rt = self.services.get(name) or revived.get(name)
                 if rt is None:
                     rt = service.ServiceRuntime(scfg, self.metrics, loop)
+                    rt.on_accept = self._accepted
                     staged[name] = rt
                 elif scfg != rt.config:
                     service.check_tls(scfg)
@@ -134,6 +158,7 @@ class Listener:
                 for ep in list(rt.servers):
                     if ep not in scfg.listen:
                         rt.servers.pop(ep).close()
+                        self._close_secondary(rt, ep)
         # Endpoints handed from one service to another in the same reload.
         for name, scfg in new.items():
             rt = self.services[name]
@@ -146,6 +171,7 @@ class Listener:
         for name in [n for n in self.services if n not in new]:
             rt = self.services.pop(name)
             rt.stop_accepting()
+            self._close_secondary(rt)
             if rt.sessions:
                 self.retired.append(rt)
             else:
@@ -167,10 +193,102 @@ class Listener:
             await asyncio.sleep(interval)
             for rt in runtimes:
                 rt.sweep()
+            await self._check_descriptors()
             for rt in [r for r in self.retired if not r.sessions]:
                 self.retired.remove(rt)
                 if rt.config.name not in self.services:
                     self.metrics.forget(rt.config.name)
+
+    # -- file descriptors (issue 12, point 5) -------------------------------------------------
+
+    def _clients(self) -> int:
+        return sum(len(rt.sessions) for rt in (*self.services.values(), *self.retired))
+
+    def _accepted(self) -> None:
+        """Every accepted connection: stop accepting before descriptors run out. (The
+        check itself is a sum over services; the servers are closed one loop turn later,
+        not inside uvloop's accept callback.)"""
+        if self._paused is not None or self._pausing or self.draining:
+            return
+        if self._fds.short(self._clients()):
+            self._pausing = True
+            asyncio.get_running_loop().call_soon(self._pause)
+
+    def _pause(self) -> None:
+        self._pausing = False
+        clients = self._clients()
+        open_now = self._fds.measure(clients)
+        if self._paused is not None or self.draining or not self._fds.short(clients):
+            return
+        paused: list[Paused] = []
+        for rt in self.services.values():
+            for ep, server in rt.servers.items():
+                for srv in [server, *self._secondary.pop((id(rt), ep), [])]:
+                    try:
+                        socks = [socket.socket(fileno=os.dup(s.fileno())) for s in srv.sockets]
+                    except OSError as exc:
+                        log.error("cannot stop accepting on %s: %s", ep, exc)
+                        continue
+                    srv.close()
+                    paused.append(Paused(rt, ep, server, socks))
+        self._paused = paused
+        self.metrics.fd_shortages.inc()
+        self.metrics.accept_paused.set(1)
+        log.warning(
+            "file descriptors running short (%d open, limit %d): not accepting new "
+            "connections until some are free; they wait in the kernel's backlog",
+            open_now,
+            self._fds.limit,
+        )
+
+    async def _check_descriptors(self) -> None:
+        """From the sweeper: measure when near the limit, and resume accepting once enough
+        descriptors are free again."""
+        clients = self._clients()
+        if self._paused is None:
+            if self._fds.near(clients):
+                self._fds.measure(clients)
+            return
+        open_now = self._fds.measure(clients)
+        if not self._fds.recovered(open_now) or self.draining:
+            return
+        paused, self._paused = self._paused, None
+        self.metrics.accept_paused.set(0)
+        services = list(self.services.values())
+        live = [p for p in paused if p.rt in services and p.rt.servers.get(p.endpoint) is p.server]
+        for p in paused:
+            if p not in live:
+                for sock in p.socks:
+                    sock.close()
+        replaced: set[tuple[int, config.Endpoint]] = set()
+        for p in live:
+            key = (id(p.rt), p.endpoint)
+            for sock in p.socks:
+                try:
+                    server = await p.rt.bind(p.endpoint, sock)
+                except OSError as exc:
+                    sock.close()
+                    log.error("cannot accept again on %s: %s", p.endpoint, exc)
+                    continue
+                if key in replaced:
+                    self._secondary.setdefault(key, []).append(server)
+                else:
+                    p.rt.servers[p.endpoint] = server
+                    replaced.add(key)
+        log.info("accepting again (%d descriptors open, limit %d)", open_now, self._fds.limit)
+
+    def _close_secondary(
+        self, rt: service.ServiceRuntime, ep: config.Endpoint | None = None
+    ) -> None:
+        for key in [k for k in self._secondary if k[0] == id(rt) and ep in (None, k[1])]:
+            for server in self._secondary.pop(key):
+                server.close()
+
+    def _forget_paused(self) -> None:
+        paused, self._paused = self._paused, None
+        for p in paused or []:
+            for sock in p.socks:
+                sock.close()
 
     def reload_tls(self) -> None:
         for rt in self.services.values():
@@ -185,6 +303,8 @@ class Listener:
         runtimes = [*self.services.values(), *self.retired]
         for rt in runtimes:
             rt.stop_accepting()
+            self._close_secondary(rt)
+        self._forget_paused()
         waiting = [asyncio.ensure_future(rt.wait_idle()) for rt in runtimes]
         if waiting:
             _, still = await asyncio.wait(waiting, timeout=seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -31,6 +32,9 @@ class ServiceRuntime:
         self.metrics = metrics.for_service(cfg.name)
         self.sessions: set[session.ClientConnection] = set()
         self.servers: dict[config.Endpoint, asyncio.Server] = {}
+        # Called for each accepted connection before its session exists: the listener's
+        # watch on file descriptors (descriptors.py).
+        self.on_accept: Callable[[], None] | None = None
         self.limiter = limits.ConnectionLimiter()
         self.refusing = 0
         # Rate limit and bans; kept across reloads like the limiter's counts.
@@ -148,14 +152,26 @@ class ServiceRuntime:
         self.metrics.tls_reload["success"].inc()
         return True
 
-    async def bind(self, endpoint: config.Endpoint) -> asyncio.Server:
+    async def bind(
+        self, endpoint: config.Endpoint, sock: socket.socket | None = None
+    ) -> asyncio.Server:
+        """Listen on the endpoint (or on `sock`, a listening socket already bound to it)."""
+        if sock is not None:
+            return await self.loop.create_server(
+                self._accepted, sock=sock, backlog=self.config.backlog
+            )
         return await self.loop.create_server(
-            lambda: session.ClientConnection(self),
+            self._accepted,
             host=endpoint.address,
             port=endpoint.port,
             backlog=self.config.backlog,
             reuse_address=True,
         )
+
+    def _accepted(self) -> session.ClientConnection:
+        if self.on_accept is not None:
+            self.on_accept()
+        return session.ClientConnection(self)
 
     def stop_accepting(self) -> None:
         for server in self.servers.values():

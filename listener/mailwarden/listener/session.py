@@ -124,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         "client",
         "conversation",
         "gate",
+        "handshake_counted",
         "idle_since",
         "peer",
         "phase_started",
@@ -166,6 +167,8 @@ class ClientConnection(asyncio.Protocol):
         self._gate_turn: asyncio.Handle | None = None
         # Counted among the service's refused sessions that keep talking.
         self.refusing = False
+        # handshake_failed is counted for this session (by the sweep or the TLS step).
+        self.handshake_counted = False
         # Whether the client leg is TLS (which cannot half-close); known once, not asked
         # of the transport on every EOF.
         self.tls = False
@@ -676,6 +679,9 @@ class ClientConnection(asyncio.Protocol):
         """A TLS handshake that did not complete: the layer start_tls put in place owns the
         transport, and its connection_lost does not reach this protocol during a handshake,
         so the session releases what it holds itself."""
+        if self.handshake_counted:
+            return  # already ended by the sweep's handshake timeout, and counted there
+        self.handshake_counted = True
         log.info("%s: %s:%s: %s", self.rt.config.name, self.peer[0], self.peer[1], why)
         self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
         self._end_now()
@@ -761,6 +767,7 @@ class ClientConnection(asyncio.Protocol):
             if now - self.phase_started > timeouts.handshake:
                 if state is not State.STARTTLS:  # (a STARTTLS session was counted accepted)
                     self.rt.metrics.outcome[m.HANDSHAKE_FAILED].inc()
+                    self.handshake_counted = True
                 self._end_now()
         elif state is State.CLOSED and now - self.phase_started > timeouts.idle:
             # Closing, and the transport has not said it is gone: close() waits for a write

@@ -98,7 +98,7 @@ async def configure(
     indices = (mailservices, ipaddressgroups, listener_pods)
     memo.resync = asyncio.create_task(_resync(memo.ctx, *indices))
     memo.probing = asyncio.create_task(_probe_backends(memo.ctx, *indices))
-    memo.figures = asyncio.create_task(_poll_figures(memo.ctx, mailservices, ipaddressgroups))
+    memo.figures = asyncio.create_task(_poll_figures(memo.ctx, *indices))
 
 
 @kopf.on.cleanup()
@@ -368,6 +368,7 @@ async def _poll_figures(
     ctx: reconcile.Context,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
+    listener_pods: kopf.Index[Any, Any],
 ) -> None:
     """A round starts at most every figures_seconds (a slow round delays the next; rounds
     never overlap). Nothing a pod says or fails to say ends the task."""
@@ -380,9 +381,9 @@ async def _poll_figures(
         while True:
             started = loop.time()
             try:
-                world = reconcile.world_of(mailservices, ipaddressgroups)
+                world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
                 outcomes = await poll.round_(
-                    ctx.api,
+                    [pod for pods in world.pods.values() for pod in pods],
                     list(world.services),
                     port=settings.metrics_port,
                     seconds=settings.figures_timeout,

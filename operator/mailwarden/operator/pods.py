@@ -9,6 +9,7 @@ from typing import Any
 from mailwarden.operator import naming
 
 Key = tuple[str, str]
+SUMMARY_LABELS = (naming.LABEL_NAME, naming.LABEL_MAILSERVICE, naming.LABEL_LISTENER)
 
 
 def serving_key(namespace: str, listener: str) -> Key:
@@ -38,9 +39,20 @@ def summary(body: Mapping[str, Any]) -> dict[str, Any]:
         ]
         if (c.get("state") or {}).get("waiting")
     ]
+    labels = meta.get("labels") or {}
     out: dict[str, Any] = {
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
-        "status": {"containerStatuses": containers},
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            # Which listener it belongs to (the live figures sum pods by these).
+            "labels": {k: labels[k] for k in SUMMARY_LABELS if k in labels},
+        },
+        "status": {
+            "containerStatuses": containers,
+            # Where the live figures are read (poll.py), and whether to read them.
+            "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
+        },
     }
     if meta.get("deletionTimestamp"):
         out["metadata"]["deletionTimestamp"] = meta["deletionTimestamp"]

@@ -2,8 +2,8 @@
 instance managers' status over HTTP: one round at a time, at most every
 MAILWARDEN_FIGURES_SECONDS, each pod's `GET /status` on its metrics port asked once per round
 (a pod shared by several MailServices too), at most MAILWARDEN_FIGURES_CONCURRENCY at once,
-each within MAILWARDEN_FIGURES_TIMEOUT. The pods come from one list per namespace per round,
-not one per MailService.
+each within MAILWARDEN_FIGURES_TIMEOUT. The pods (their addresses and labels) come from the
+operator's index of listener pods, kept by its watch: a round makes no API request.
 
 A pod that does not answer (refused, timed out, a broken answer) is only counted and named:
 the round goes on, and the MailService's FiguresAvailable condition says which pods."""
@@ -13,18 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 
-from mailwarden.operator import figures, kube, metrics, naming
-
-logger = logging.getLogger(__name__)
+from mailwarden.operator import figures, metrics, naming
 
 Key = tuple[str, str]
-# Listener pods of every MailService carry this label (naming.selector).
-POD_SELECTOR = f"{naming.LABEL_NAME}={naming.APP_NAME}"
 # A status document is a few hundred bytes per service; more is not a listener talking.
 MAX_ANSWER = 1024 * 1024
 
@@ -55,19 +51,19 @@ async def ask(
         return f"not a status document ({exc})"
 
 
-async def listener_pods(api: kube.Api, namespace: str) -> list[figures.Pod]:
-    bodies = await api.list(kube.collection("v1", "Pod", namespace), POD_SELECTOR)
-    out = []
+def listener_pods(bodies: Iterable[Mapping[str, Any]]) -> dict[str, list[figures.Pod]]:
+    """Running listener pods with an address, by namespace, each once."""
+    out: dict[str, dict[str, figures.Pod]] = collections.defaultdict(dict)
     for body in bodies:
         labels = (body.get("metadata") or {}).get("labels") or {}
         pod = figures.pod_of(body)
         if pod is not None and labels.get(naming.LABEL_NAME) == naming.APP_NAME:
-            out.append(pod)
-    return out
+            out[pod.namespace][pod.name] = pod
+    return {ns: list(pods.values()) for ns, pods in out.items()}
 
 
 async def round_(
-    api: kube.Api,
+    bodies: Iterable[Mapping[str, Any]],
     keys: Sequence[Key],
     *,
     port: int,
@@ -76,18 +72,13 @@ async def round_(
     http: aiohttp.ClientSession,
     listeners_of: Callable[[Key], Sequence[str]] | None = None,
 ) -> dict[Key, figures.Outcome]:
-    """One round: the figures of every MailService in `keys` (those of a namespace whose pods
-    could not be listed are left out, and keep what their status says). listeners_of: the
-    listener Deployments serving a MailService (contract C5; default its own only)."""
+    """One round: the figures of every MailService in `keys`, from the listener pods among
+    `bodies` (pod bodies or the operator's summaries of them). listeners_of: the listener
+    Deployments serving a MailService (contract C5; default its own only)."""
     by_namespace: dict[str, list[Key]] = collections.defaultdict(list)
     for key in keys:
         by_namespace[key[0]].append(key)
-    pods: dict[str, list[figures.Pod]] = {}
-    for namespace in by_namespace:
-        try:
-            pods[namespace] = await listener_pods(api, namespace)
-        except kube.ApiError as exc:
-            logger.warning("cannot list listener pods in %s: %s", namespace, exc)
+    pods = listener_pods(bodies)
     limit = asyncio.Semaphore(concurrency)
 
     async def one(pod: figures.Pod) -> tuple[figures.Pod, Answer | str]:
@@ -96,15 +87,14 @@ async def round_(
         metrics.FIGURE_POLLS.labels("unreachable" if isinstance(result, str) else "answered").inc()
         return pod, result
 
-    asked = await asyncio.gather(*(one(p) for ps in pods.values() for p in ps))
+    wanted = [p for ns, ps in pods.items() if ns in by_namespace for p in ps]
+    asked = await asyncio.gather(*(one(p) for p in wanted))
     answers = {(p.namespace, p.name): result for p, result in asked}
     out: dict[Key, figures.Outcome] = {}
     for namespace, ns_keys in by_namespace.items():
-        if namespace not in pods:
-            continue
         for key in ns_keys:
             listeners = listeners_of(key) if listeners_of else figures.listeners_of(*key)
-            mine = [p for p in pods[namespace] if figures.serves(p, key[1], listeners)]
+            mine = [p for p in pods.get(namespace, ()) if figures.serves(p, key[1], listeners)]
             got = [answers[(p.namespace, p.name)] for p in mine]
             answered = [a for a in got if not isinstance(a, str)]
             out[key] = figures.Outcome(

@@ -1,5 +1,5 @@
 """Stand-ins for admission that refuses writes on a real cluster, for the emulator
-(tests/support/kube.py calls every entry of `Emulator.policies` on each create and update).
+(kubeemu/emulator.py calls every entry of `Emulator.policies` on each create and update).
 
 What they answer is what an API server answers:
 - A ValidatingAdmissionPolicy whose validation fails, with no `reason` set, denies with

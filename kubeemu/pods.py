@@ -1,5 +1,5 @@
 """A stand-in for the ReplicaSet controller and the kubelet, for listener Deployments in the
-API emulator (tests/support/kube.py): each pod of such a Deployment is a real
+API emulator (kubeemu/emulator.py): each pod of such a Deployment is a real
 `mailwarden-listener` process on an address of its own in 127.0.0.0/8, reported in the
 emulator as the kubelet reports a pod (status.podIP, phase Running, condition Ready once
 /readyz answers), so that the operator talks to real listeners over HTTP.
@@ -50,7 +50,7 @@ import yaml
 from mailwarden.operator import naming
 
 if TYPE_CHECKING:
-    from tests.support.kube import Emulator
+    from kubeemu.emulator import Emulator
 
 LISTENER_APP = naming.APP_NAME
 READY_DEADLINE = 30.0

@@ -16,20 +16,20 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
 - equality-based label selectors (`k=v`, `k!=v`, `k`, `!k`) on list and watch;
 - paginated lists (`limit` and `continue`);
 - resource quantities of pods and Deployments stored in canonical form, as the API server
-  does (`1024Mi` -> `1Gi`; tests/support/quantities.py);
+  does (`1024Mi` -> `1Gi`; kubeemu/quantities.py);
 - requests dropped from kmock's history once served (its router scans the whole history on
   every request, which made a GET 90x slower after 1,000 requests);
 - a stand-in for the Deployment controller (status follows spec at once, or on demand);
-- optionally, real listener pods for listener Deployments (tests/support/pods.py);
+- optionally, real listener pods for listener Deployments (kubeemu/pods.py);
 - a count of every request served, by verb and resource (`served`), for tests that assert
   what the operator did not do;
 - injected server errors (`faults`), to see retries.
 
 - server-side printing (`kubectl get` tables) of the project's custom resources, from their
-  CRDs' printer columns (tests/support/tables.py);
+  CRDs' printer columns (kubeemu/tables.py);
 - admission for the project's custom resources: the CRDs from deploy/crds default and
-  validate every write, CEL rules included (tests/support/crdcheck.py, with its limits);
-- Services as a cluster with MetalLB treats them (tests/support/loadbalancer.py): cluster
+  validate every write, CEL rules included (kubeemu/crdcheck.py, with its limits);
+- Services as a cluster with MetalLB treats them (kubeemu/loadbalancer.py): cluster
   IPs and node ports allocated at admission, load-balancer addresses assigned (or left
   pending) by MetalLB's sharing rules after every Service write.
 
@@ -62,9 +62,9 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums, rendering
 from kmock._internal import parsing as kmock_parsing
 
-from tests.support import crdcheck, loadbalancer, quantities, tables
+from kubeemu import crdcheck, loadbalancer, quantities, tables
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 STATUS_SUBRESOURCE = {
     ("mailwarden.io", "mailservices"),
     ("mailwarden.io", "ipaddressgroups"),
@@ -115,14 +115,14 @@ class Emulator(kmock.KubernetesEmulator):
     # blockOwnerDeletion for: (User-Agent, apiVersion, kind). Sets, so bounded by what the
     # operator can do, not by how long it runs. The RBAC test reads them.
     audit: set[tuple[str, str, str, str, str | None]] = attrs.field(factory=set)
-    # Services as a cluster treats them (tests/support/loadbalancer.py): the API server's
+    # Services as a cluster treats them (kubeemu/loadbalancer.py): the API server's
     # cluster-IP and node-port allocators, and MetalLB assigning load-balancer addresses.
     service_allocators: loadbalancer.ApiServerAllocators = attrs.field(
         factory=loadbalancer.ApiServerAllocators
     )
     metallb: loadbalancer.MetalLB = attrs.field(factory=loadbalancer.MetalLB)
     blocking_owners: set[tuple[str, str, str]] = attrs.field(factory=set)
-    # Admission stand-ins (tests/support/admission.py): called with (plural, namespace,
+    # Admission stand-ins (kubeemu/admission.py): called with (plural, namespace,
     # object, old object or None) on every create and update; they raise
     # kmock.KubernetesError to deny.
     policies: list[Any] = attrs.field(factory=list)
@@ -135,7 +135,7 @@ class Emulator(kmock.KubernetesEmulator):
     queries: set[tuple[str, str, str, str, str]] = attrs.field(factory=set)
     # (verb, resource[/subresource]) -> requests served, from anyone.
     served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
-    # The pod stand-in (tests/support/pods.py), when the test wants real listener pods.
+    # The pod stand-in (kubeemu/pods.py), when the test wants real listener pods.
     pods: Any = None
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
@@ -179,7 +179,7 @@ class Emulator(kmock.KubernetesEmulator):
             self._requests[:] = [r for r in self._requests if r is not request]
 
     async def _as_table(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
-        """`kubectl get` of a custom resource: its printer columns (tests/support/tables.py)."""
+        """`kubectl get` of a custom resource: its printer columns (kubeemu/tables.py)."""
         res = request.resource
         if (
             res is None
@@ -462,7 +462,7 @@ class Emulator(kmock.KubernetesEmulator):
         obj["metadata"]["resourceVersion"] = self._next_rv()
         await self._publish(key[0], "DELETED", obj)
 
-    # -- MetalLB's controller (tests/support/loadbalancer.py) -------------------------------
+    # -- MetalLB's controller (kubeemu/loadbalancer.py) -------------------------------
 
     def services(self) -> list[dict[str, Any]]:
         """Every live Service, in creation order."""
@@ -799,7 +799,7 @@ class EmulatorThread:
         for key, info in RESOURCES.items():
             emulator.resources[key] = info
         if self._pods:
-            from tests.support import pods
+            from kubeemu import pods
 
             emulator.pods = pods.PodStandIn(emulator)
         async with emulator, kmock.Server(emulator) as server:

@@ -1,0 +1,82 @@
+"""Issue 12, point 5: file descriptors running out. Under `ulimit -n 256`, 400 clients of a
+relayed service (two descriptors each): the starting code accepted and closed 279 of them
+with no reply, no log line and no metric (libuv's EMFILE trick under uvloop). Now the
+listener stops accepting before the limit, the clients it cannot take wait in the kernel's
+backlog, it says so once per episode in the log and in `mailwarden_fd_shortages_total`, and
+every client is served once others leave."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from tests.support.attack import Deadline, HealthzWatch, close_all, open_clients
+from tests.support.listener import service
+from tests.support.misbehaving import Behaviour
+
+GREETING = b"220 backend\r\n"
+SHORT = "file descriptors running short"
+
+
+def _sort(socks: list[socket.socket], wait: float) -> tuple[list, list, list]:
+    """Within `wait` seconds: (greeted, closed without a reply, still waiting)."""
+    greeted: list[socket.socket] = []
+    silent: list[socket.socket] = []
+    pending = {s.fileno(): s for s in socks}
+    got: dict[int, bytes] = {}
+    deadline = Deadline(wait)
+    while pending and not deadline.expired:
+        ready, _, _ = select.select(list(pending), [], [], min(0.2, deadline.left))
+        for fd in ready:
+            s = pending[fd]
+            try:
+                chunk = s.recv(256)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                (greeted if got.get(fd, b"").startswith(b"220") else silent).append(s)
+                del pending[fd]
+                continue
+            got[fd] = got.get(fd, b"") + chunk
+            if got[fd].endswith(b"\r\n"):
+                greeted.append(s)
+                del pending[fd]
+    return greeted, silent, list(pending.values())
+
+
+@pytest.mark.timeout(120)
+def test_out_of_descriptors_the_listener_leaves_clients_in_the_backlog_and_says_so(
+    misbehaving_backend, listener_process
+):
+    b = misbehaving_backend(Behaviour.GREETER)
+    lp = listener_process(service("attack/smtp", backend_port=b.port, backlog=1024), nofile=256)
+    clients = open_clients(lp.port(), 400, distinct_sources=True, timeout=30)
+    assert len(clients) == 400
+    served: list[socket.socket] = []
+    silent: list[socket.socket] = []
+    waiting = clients
+    rounds = 0
+    with HealthzWatch(lp.metrics_port, timeout=3.0) as watch:
+        deadline = Deadline(60)
+        while waiting and not deadline.expired:
+            greeted, closed, waiting = _sort(waiting, wait=3.0)
+            served += greeted
+            silent += closed
+            rounds += 1
+            if rounds == 1:
+                # The first round: some served, the rest waiting, none dropped.
+                assert closed == [], f"{len(closed)} of 400 closed without a reply"
+                assert 50 <= len(greeted) < 400
+                assert lp.metric("mailwarden_accept_paused") == 1
+            close_all(greeted)  # they leave: room for those in the backlog
+    assert silent == [], f"{len(silent)} clients closed without a reply"
+    assert len(served) == 400, f"{len(waiting)} still waiting after {rounds} rounds"
+    assert watch.failures == []
+    episodes = lp.metric("mailwarden_fd_shortages_total")
+    assert episodes >= 1
+    assert lp.log().count(SHORT) == episodes  # once per episode
+    assert "Too many open files" not in lp.log()
+    assert lp.wait_metric("mailwarden_accept_paused", 0, timeout=5) == 0
+    assert lp.wait_metric("mailwarden_connections_active", 0, service="attack/smtp") == 0
