@@ -13,6 +13,7 @@ import time
 import pytest
 
 from mailwarden.listener import proxyproto
+from tests.support import refusals
 from tests.support.attack import (
     HEALTHZ_BOUND,
     Deadline,
@@ -30,8 +31,8 @@ from tests.support.misbehaving import Behaviour
 ACTIVE = "mailwarden_connections_active"
 TOTAL = "mailwarden_connections_total"
 SVC = "attack/smtp"
-OVER_CAP = b"421 4.7.0 mailwarden Error: too many connections, try again later\r\n"
-UNAVAILABLE = b"421 4.4.1 mailwarden Service temporarily unavailable, try again later\r\n"
+OVER_CAP = refusals.line("smtp", "over_cap")
+UNAVAILABLE = refusals.line("smtp", "backend_down")
 GREETING = b"220 backend\r\n"
 
 
