@@ -619,13 +619,6 @@ async def _apply_listener(
             if child["kind"] == "Deployment":
                 # Scaled (or changed): a budget of when it had more replicas may be left.
                 had_budget = True
-        if child["kind"] == "ConfigMap" and action == "updated":
-            await apply.nudge_pods(
-                ctx.api,
-                namespace,
-                lst.listener.selector,
-                child["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
-            )
     if lst.disruption_budget is None and had_budget:
         gone = await _delete_ours(ctx, namespace, "policy/v1", "PodDisruptionBudget", lst.name)
         if gone:
@@ -641,6 +634,9 @@ LISTENER_KINDS = (
     ("v1", "Service"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
 )
 
 
