@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from mailwarden.listener import acl, config, limits, proxyproto
+from mailwarden.listener import acl, config, limits, proxyproto, tlshello
 from mailwarden.listener import metrics as m
 from mailwarden.listener.protocols import base
 
@@ -113,6 +113,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_eof",
         "_gate_turn",
+        "_hello",
         "_local",
         "_paused",
         "_pending",
@@ -142,6 +143,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = State.CONNECTING
         self.backend: BackendConnection | None = None
+        # Implicit TLS: the ClientHello is being read (and screened) before the handshake.
+        self._hello = False
         self.conversation: base.Conversation | None = None
         self.gate: base.Gate | None = None
         # Client bytes that arrive before the session can take them; a bytearray only once
@@ -241,6 +244,8 @@ class ClientConnection(asyncio.Protocol):
             self._say(self.conversation.feed(data))
         elif state in (State.CONNECTING, State.TLS, State.STARTTLS):
             self._hold(data)
+            if self._hello:
+                self._screen_hello()
 
     def eof_received(self) -> bool | None:
         if not self.seen_data and self._pending and self.state in (State.RELAY, State.GATED):
@@ -365,15 +370,31 @@ class ClientConnection(asyncio.Protocol):
         rt = self.rt
         if rt.server_tls is not None and rt.implicit_tls:
             self.state = State.TLS
-            # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
-            # this protocol before that is handed over by _hand_over. (uvloop may start
-            # reading after connection_made returns, so the pause narrows the window but
-            # cannot be relied on.)
-            if self.transport is not None:
-                self.transport.pause_reading()
-            rt.loop.create_task(self._start_tls(rt.server_tls))
+            # The ClientHello is read here first (tlshello.screen: a client of TLS
+            # 1.0/1.1 only is told `protocol_version`), then handed to the TLS layer.
+            self._hello = True
+            if self._pending:  # it came with the PROXY header
+                self._screen_hello()
             return
         self._decide()
+
+    def _screen_hello(self) -> None:
+        verdict = tlshello.screen(self._pending)
+        if verdict is tlshello.Hello.NEED_MORE and len(self._pending) <= PENDING_LIMIT:
+            return
+        self._hello = False
+        if isinstance(verdict, bytes):
+            if self.transport is not None:
+                self.transport.write(verdict)
+            self._fail(m.HANDSHAKE_FAILED, "TLS handshake: the client offers only TLS < 1.2")
+            return
+        # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
+        # this protocol before that is handed over by _hand_over. (uvloop may read once
+        # more after the pause, so it narrows the window but cannot be relied on.)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        assert self.rt.server_tls is not None
+        self.rt.loop.create_task(self._start_tls(self.rt.server_tls))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
