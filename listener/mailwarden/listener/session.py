@@ -402,6 +402,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
+            _drop_traceback(exc)
             self._handshake_failed(f"TLS handshake: {exc!r}")
             return
         if tls_transport is None:
@@ -427,6 +428,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
+            _drop_traceback(exc)
             log.info("%s: %s:%s: STARTTLS: %r", self.rt.config.name, *self.peer, exc)
             self._end_now()
             return
@@ -448,13 +450,18 @@ class ClientConnection(asyncio.Protocol):
     ) -> asyncio.Transport | None:
         """TLS on the client's leg, within the handshake timeout."""
         loop = self.rt.loop
-        upgrade = loop.create_task(loop.start_tls(transport, self, ctx, server_side=True))
+        timeout = self.rt.config.timeouts.handshake
+        # The TLS layer's own handshake timer (60 s by default) keeps it, with its buffers,
+        # for that long after a client reset that the loop did not report: give it ours.
+        upgrade = loop.create_task(
+            loop.start_tls(transport, self, ctx, server_side=True, ssl_handshake_timeout=timeout)
+        )
         # start_tls swaps in its TLS protocol on its first step and schedules that protocol's
         # connection_made and the transport's resume_reading; one loop turn later (before
         # the socket is read again) the raw bytes this protocol got meanwhile (the start of
         # the ClientHello, possibly sent with the PROXY header) are handed to it.
         loop.call_soon(loop.call_soon, self._hand_over, transport)
-        return await asyncio.wait_for(upgrade, timeout=self.rt.config.timeouts.handshake)
+        return await asyncio.wait_for(upgrade, timeout=timeout)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         if transport.is_closing():
@@ -861,6 +868,19 @@ def _proxy_claim(data: bytes) -> bool | None:
     if kind is proxyproto.Signature.PARTIAL:
         return None
     return True
+
+
+def _drop_traceback(exc: BaseException | None) -> None:
+    """Forget where a failed handshake's exception was raised. Its traceback holds the frames
+    of start_tls and wait_for, whose locals hold the task that holds the exception: a cycle
+    that keeps the session, its transports and the TLS layer's buffers (256 KiB each under
+    uvloop) until the cyclic collector's next full pass. 20,000 clients that reset after
+    their ClientHello grew the listener by 18 MiB per round that way."""
+    seen = 0
+    while exc is not None and seen < 8:  # the exception and what it was raised from
+        exc.__traceback__ = None
+        exc = exc.__context__
+        seen += 1
 
 
 def _reset(transport: asyncio.Transport) -> None:
