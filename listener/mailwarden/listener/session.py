@@ -383,10 +383,16 @@ class ClientConnection(asyncio.Protocol):
         if verdict is tlshello.Hello.NEED_MORE and len(self._pending) <= PENDING_LIMIT:
             return
         self._hello = False
+        starttls = self.state is State.STARTTLS
         if isinstance(verdict, bytes):
             if self.transport is not None:
                 self.transport.write(verdict)
-            self._fail(m.HANDSHAKE_FAILED, "TLS handshake: the client offers only TLS < 1.2")
+            why = "TLS handshake: the client offers only TLS < 1.2"
+            if starttls:  # the session was counted when it was admitted
+                log.info("%s: %s:%s: STARTTLS: %s", self.rt.config.name, *self.peer, why)
+                self.close()
+            else:
+                self._fail(m.HANDSHAKE_FAILED, why)
             return
         # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
         # this protocol before that is handed over by _hand_over. (uvloop may read once
@@ -394,7 +400,8 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         assert self.rt.server_tls is not None
-        self.rt.loop.create_task(self._start_tls(self.rt.server_tls))
+        upgrade = self._gate_upgrade if starttls else self._start_tls
+        self.rt.loop.create_task(upgrade(self.rt.server_tls))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
@@ -425,6 +432,16 @@ class ClientConnection(asyncio.Protocol):
         # can be written into the handshake.
         backend.transport.pause_reading()
         self.phase_started = self.rt.loop.time()
+        # The reader's ClientHello is screened first (tlshello.screen), as for implicit TLS;
+        # _screen_hello then starts _gate_upgrade.
+        self._hello = True
+        if self._pending:
+            self._screen_hello()
+
+    async def _gate_upgrade(self, ctx: ssl.SSLContext) -> None:
+        transport, backend = self.transport, self.backend
+        if transport is None or backend is None or self.state is not State.STARTTLS:
+            return
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
