@@ -95,10 +95,12 @@ class World:
         namespace: str,
         defaults: settings_mod.ListenerDefaults | None = None,
         claimants: list[conflicts.Claimant] | None = None,
+        addresses: set[str] | None = None,
     ) -> list[listeners.Member]:
         """Every valid MailService of `namespace` that is not being deleted, as listeners
         see it: defaults applied, with the claims it lost to older MailServices (of any
-        namespace: an address is one address cluster-wide)."""
+        namespace: an address is one address cluster-wide). addresses: only those naming
+        one of these fixed addresses (the ones that can share a listener with them)."""
         defaults = defaults or _NO_DEFAULTS
         if claimants is None:
             claimants = self.claimants(defaults)
@@ -106,6 +108,13 @@ class World:
         for (ns, _), body in self.services.items():
             if ns != namespace or (body.get("metadata") or {}).get("deletionTimestamp"):
                 continue
+            parsed = parse_mailservice(body)
+            if parsed is None:
+                continue
+            if addresses is not None and not addresses & {
+                a for a, _ in parsed.spec.endpoints() if a is not None
+            }:
+                continue  # cheap, before the defaults: most MailServices share nothing
             found = defaulted(body, defaults)
             if found is None:
                 continue
@@ -115,19 +124,25 @@ class World:
         return out
 
     def listener_deployments(
-        self, key: Key, defaults: settings_mod.ListenerDefaults | None = None
+        self,
+        key: Key,
+        defaults: settings_mod.ListenerDefaults | None = None,
+        claimants: list[conflicts.Claimant] | None = None,
     ) -> tuple[str, ...]:
         """The listener Deployments serving the MailService `key` (contract C5): its pods are
         those labelled mailwarden.io/listener=<name> in its namespace. Its own listener when
         its spec cannot be read."""
         body = self.services.get(key)
-        defaults = defaults or _NO_DEFAULTS
-        found = defaulted(body, defaults) if body is not None else None
-        if found is None:
+        msvc = parse_mailservice(body) if body is not None else None
+        if msvc is None:
             return (naming.base(key[1]),)
-        msvc, me = found
-        lost = conflicts.lost(me, self.claimants(defaults)) if me.claims else {}
-        return listeners.deployments(msvc, lost)
+        msvc = children.with_defaults(msvc, defaults or settings_mod.ListenerDefaults())
+        me = conflicts.claimant(msvc, created(body or {}))
+        if not me.claims:
+            return listeners.deployments(msvc)
+        if claimants is None:
+            claimants = self.claimants(defaults)
+        return listeners.deployments(msvc, conflicts.lost(me, claimants))
 
     def served_by(
         self, namespace: str, listener: str, defaults: settings_mod.ListenerDefaults
@@ -373,13 +388,6 @@ class Context:
         obj: dict[str, Any] = json.loads(data)
         return obj
 
-    def services_of(self, namespace: str) -> list[dict[str, Any]]:
-        return [
-            json.loads(data)
-            for (kind, ns, _), data in self.live.items()
-            if kind == "Service" and ns == namespace
-        ]
-
 
 # How a reconciliation reads the children it applies. "cached": the watch's copy of each
 # watched child, no GET (a child never seen is created at once); "create-first": GET the
@@ -454,11 +462,26 @@ async def _mailservice(
     defaults = ctx.settings.listener_defaults
     msvc = children.with_defaults(msvc, defaults)
     me = conflicts.claimant(msvc, created(body))
-    claimants = world.claimants(defaults)
-    # Only fixed addresses can be lost; without one, no other MailService matters.
+    # Only fixed addresses can be lost or shared; without one, no other MailService matters
+    # (and none is read: most MailServices share nothing).
+    claimants = world.claimants(defaults) if me.claims else []
     lost = conflicts.lost(me, claimants) if me.claims else {}
     member = listeners.Member(msvc, created(body), lost)
-    others = [m for m in world.members(namespace, defaults, claimants) if m.name != member.name]
+    # The listeners it was in, as its status recorded them (a listener it left must be
+    # rebuilt without it, or removed when no one else is in it).
+    previous = set(old_status.get("listeners") or [])
+    own = listeners.name_of(member.name, None)
+    if previous - {own} - set(listeners.deployments(msvc, lost)):
+        # It left a shared listener: everyone of the namespace may matter to rebuild it.
+        if not claimants:
+            claimants = world.claimants(defaults)
+        others = world.members(namespace, defaults, claimants)
+    elif me.claims:
+        addresses = {a for a, _ in me.claims}
+        others = world.members(namespace, defaults, claimants, addresses=addresses)
+    else:
+        others = []
+    others = [m for m in others if m.name != member.name]
     plan = listeners.plan([*others, member])
     seen: dict[tuple[str, str, str], str] = {}
     try:
@@ -467,7 +490,7 @@ async def _mailservice(
         cached = not fresh and not new_generation and _key(body) in ctx.warmed
         mode: Mode = "fresh" if fresh else "cached" if cached else "create-first"
         affected = await _apply_children(
-            ctx, body, member, plan, world, old_status, new_generation, seen, mode
+            ctx, body, member, plan, world, old_status, new_generation, seen, previous, mode
         )
         ctx.warmed.add(_key(body))
     except BaseException:
@@ -483,33 +506,31 @@ class Foreign(Exception):
     """A child's name is taken by an object that another owner controls."""
 
 
-async def _previous_listeners(
-    ctx: Context, namespace: str, msvc_name: str, uid: str | None, cached: bool = False
+async def _legacy_children(
+    ctx: Context, namespace: str, msvc_name: str, uid: str | None
 ) -> tuple[set[str], list[dict[str, Any]]]:
-    """The listeners whose children name this MailService as an owner today, from their
-    Services (every listener has one); and Services of the per-MailService naming that came
-    before shared listeners, owned by it, to be removed. cached: from the watch's cache."""
-    selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    """What a MailService owned before listeners were shared, read once (its status records
+    its listeners from then on): its Services named per MailService and address, to be
+    removed, and its own Deployment's name when it had one. Listed by its label, filtered by
+    the API server."""
+    selector = (
+        f"{naming.LABEL_MAILSERVICE}={msvc_name},{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    )
     found: set[str] = set()
     legacy: list[dict[str, Any]] = []
-    if cached:
-        services = ctx.services_of(namespace)
-    else:
-        services = await ctx.api.list(kube.collection("v1", "Service", namespace), selector)
-    for svc in services:
+    for svc in await ctx.api.list(kube.collection("v1", "Service", namespace), selector):
         meta = svc.get("metadata") or {}
         refs = meta.get("ownerReferences") or []
         labels = meta.get("labels") or {}
         if labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
             continue  # a selector is a request: only the operator's own objects count
+        if labels.get(naming.LABEL_MAILSERVICE) != msvc_name:
+            continue
         if uid is None or not any(r.get("uid") == uid for r in refs):
             continue
-        listener = labels.get(naming.LABEL_LISTENER)
-        if listener is None:
+        if labels.get(naming.LABEL_LISTENER) is None:
             legacy.append({**svc, "apiVersion": "v1", "kind": "Service"})
             found.add(naming.base(msvc_name))
-        else:
-            found.add(listener)
     return found, legacy
 
 
@@ -537,6 +558,7 @@ async def _apply_children(
     old_status: Mapping[str, Any],
     new_generation: bool,
     seen: dict[tuple[str, str, str], str],
+    previous: set[str],
     mode: Mode = "fresh",
 ) -> set[Key]:
     meta = body.get("metadata") or {}
@@ -560,9 +582,10 @@ async def _apply_children(
         return alive[0]
 
     mine = listeners.of_member(plan, member.name)
-    previous, legacy = await _previous_listeners(
-        ctx, namespace, member.name, msvc.metadata.uid, mode == "cached"
-    )
+    legacy: list[dict[str, Any]] = []
+    if "listeners" not in old_status:
+        found, legacy = await _legacy_children(ctx, namespace, member.name, msvc.metadata.uid)
+        previous = previous | found
     touched = sorted({lst.name for lst in mine} | previous)
     built = {lst.name: children.build_listener(lst, groups_, ctx.settings) for lst in mine}
     for name in touched:
