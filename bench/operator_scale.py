@@ -906,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="N unrelated ConfigMaps, Services and Deployments each")  # fmt: skip
     parser.add_argument("--baseline", type=pathlib.Path, metavar="CHECKOUT",
                         help="then run the operator of another checkout and compare")  # fmt: skip
+    parser.add_argument("--services", type=int, metavar="N",
+                        help="N MailServices (namespaces, groups, users scaled)")  # fmt: skip
     parser.add_argument("--no-figures", action="store_true",
                         help="skip the live figures windows")  # fmt: skip
     parser.add_argument("--profile", type=pathlib.Path, metavar="FILE",
@@ -914,6 +916,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the operator subprocess is stopped too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     scale = dataclasses.replace(SMOKE if args.smoke else FULL, unrelated=args.unrelated)
+    if args.services:
+        n = args.services
+        scale = dataclasses.replace(
+            scale, services=n, namespaces=max(2, n // 50), groups=max(3, n // 20),
+            shared_users=n // 2,
+        )  # fmt: skip
     res = run(scale, profile=args.profile, figures=not args.no_figures)
     print(report(res), flush=True)
     if args.baseline is not None:

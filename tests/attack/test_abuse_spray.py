@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mailwarden.listener import config as lc
+from tests.support import refusals
 from tests.support.attack import (
     HEALTHZ_BOUND,
     Deadline,
@@ -22,8 +23,8 @@ from tests.support.misbehaving import Behaviour
 
 SVC = "attack/smtp"
 GREETING = b"220 backend\r\n"
-RATE_LIMITED = b"421 4.7.0 mailwarden Error: rate limited:"
-BANNED = b"421 4.7.0 mailwarden Error: banned:"
+RATE_LIMITED = refusals.line("smtp", "rate_limited")
+BANNED = refusals.line("smtp", "banned")
 ADDRESSES = 1500
 
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.support import refusals
 from tests.support.attack import (
     HEALTHZ_BOUND,
     Deadline,
@@ -26,7 +27,7 @@ from tests.support.attack import (
 from tests.support.listener import service
 from tests.support.misbehaving import Behaviour
 
-AUTH_REQUIRED = b"480 Authentication required\r\n"
+AUTH_REQUIRED = refusals.line("nntp", "auth_required")
 
 
 class Drain(threading.Thread):

@@ -16,7 +16,7 @@ import yaml
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import proxyproto
-from tests.support import certs, wire
+from tests.support import certs, refusals, wire
 from tests.support.attack import (
     Deadline,
     _without_defaults,
@@ -36,9 +36,9 @@ TOTAL = "mailwarden_connections_total"
 RELOADS = "mailwarden_config_reloads_total"
 SMTP_GREETING = b"220 backend\r\n"
 NNTP_GREETING = b"200 "
-OVER_CAP = b"421 4.7.0 mailwarden Error: too many connections, try again later\r\n"
-DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"
-AUTH_REQUIRED = b"480 Authentication required\r\n"
+OVER_CAP = refusals.line("smtp", "over_cap")
+DENIED = refusals.line("smtp", "denied")
+AUTH_REQUIRED = refusals.line("nntp", "auth_required")
 NOBODY: tuple[str, ...] = ()
 SHORT = lc.Timeouts(handshake=2, idle=2, refusal=2)
 

@@ -12,12 +12,13 @@ import pytest
 
 from mailwarden.listener import config as lc
 from tests.listener.test_process import Served, get, write
+from tests.support import refusals
 from tests.support.listener import free_port, service, wait_until
 from tests.support.mail_servers import MAIL_PASSWORD, MAIL_USER, NEWS_PASSWORD, NEWS_USER
 from tests.support.raw_tcp import connect, exchange, greeter, read_line, read_until_eof
 
-SMTP_RATE_LIMITED = b"421 4.7.0 svc Error: rate limited: too many connections from your address"
-SMTP_BANNED = b"421 4.7.0 svc Error: banned: too many failures from your address"
+SMTP_RATE_LIMITED = refusals.line("smtp", "rate_limited", host="svc")
+SMTP_BANNED = refusals.line("smtp", "banned", host="svc")
 
 
 def outcome(lt, what: str, name: str = "test/svc") -> float:
@@ -191,11 +192,9 @@ def test_a_flood_of_refused_connections_from_one_address_holds_no_slot(run_liste
 
 # -- failed logins against real servers -----------------------------------------------------
 
-NNTP_BANNED = b"400 Banned: too many failures from your address, try again later\r\n"
-POP3_BANNED = b"-ERR [SYS/TEMP] Banned: too many failures from your address, try again later\r\n"
-IMAP_BANNED = (
-    b"* BYE [UNAVAILABLE] Banned: too many failures from your address, try again later\r\n"
-)
+NNTP_BANNED = refusals.line("nntp", "banned")
+POP3_BANNED = refusals.line("pop3", "banned")
+IMAP_BANNED = refusals.line("imap", "banned")
 
 
 @pytest.mark.servers

@@ -17,11 +17,12 @@ import uvloop
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import main, server
+from tests.support import refusals
 from tests.support.listener import free_port, service, wait_until
 from tests.support.raw_tcp import connect, greeter, read_line
 
 GREETING = b"220 process-test ready\r\n"
-DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"
+DENIED = refusals.line("smtp", "denied")
 
 METRICS = (
     "mailwarden_connections_active",

@@ -9,11 +9,12 @@ import struct
 
 import pytest
 
+from tests.support import refusals
 from tests.support.listener import service
 from tests.support.raw_tcp import closed_by_peer, connect, greeter, read_line, read_until_eof
 
 GREETING = b"220 behind-the-balancer ready\r\n"
-DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"
+DENIED = refusals.line("smtp", "denied")
 BALANCER = "127.0.0.5"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 
+from tests.support import refusals
 from tests.support.listener import service, wait_until
 from tests.support.raw_tcp import (
     connect,
@@ -17,7 +18,7 @@ from tests.support.raw_tcp import (
 )
 
 GREETING = b"220 relay-test ready\r\n"
-OVER_CAP = b"421 4.7.0 mailwarden Error: too many connections, try again later\r\n"
+OVER_CAP = refusals.line("smtp", "over_cap")
 
 
 def test_every_byte_arrives_in_order_both_ways_and_the_client_half_close_reaches_the_backend(
@@ -147,9 +148,7 @@ def test_ipv6_loopback_clients_are_relayed_and_checked_against_ipv6_cidrs(run_li
         assert read_line(s) == GREETING
         s.sendall(b"QUIT\r\n")
     with connect(denied.listen[0].port, source="::1", host="::1") as s:
-        assert read_until_eof(s) == (
-            b"* BYE Access denied: your address is not allowed to use this service\r\n"
-        )
+        assert read_until_eof(s) == refusals.line("imap", "denied")
     assert lt.metric("mailwarden_connections_total", service="mail/smtp6", outcome="accepted") == 1
     assert lt.metric("mailwarden_connections_total", service="mail/imap6", outcome="denied") == 1
 
@@ -167,7 +166,7 @@ def test_the_nntp_gate_sees_a_greeting_that_arrives_the_moment_the_backend_conne
         with connect(svc.listen[0].port) as s:
             assert read_line(s) == b"200 quick news\r\n"
             s.sendall(b"GROUP misc.test\r\n")
-            assert read_line(s) == b"480 Authentication required\r\n"
+            assert read_line(s) == refusals.line("nntp", "auth_required")
     assert lt.metric("mailwarden_connections_total", service="news/nntp", outcome="accepted") == 100
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import server
+from tests.support import refusals
 from tests.support.listener import service, wait_until
 from tests.support.raw_tcp import (
     closed_by_peer,
@@ -19,8 +20,8 @@ from tests.support.raw_tcp import (
 )
 
 GREETING = b"220 reload-test ready\r\n"
-DENIED = b"554 5.7.1 mailwarden Access denied: your address is not allowed to use this service\r\n"
-OVER_CAP = b"421 4.7.0 mailwarden Error: too many connections, try again later\r\n"
+DENIED = refusals.line("smtp", "denied")
+OVER_CAP = refusals.line("smtp", "over_cap")
 
 
 def test_an_idle_relayed_session_is_closed_after_the_idle_timeout(run_listener, backend):

@@ -134,3 +134,30 @@ def test_group_status_is_resolved_or_says_why_not() -> None:
     assert cyclic["cidrs"] == []
     ready = conditions.get(cyclic["conditions"], "Ready")
     assert ready is not None and ready["reason"] == Reason.GROUP_CYCLE
+
+
+def test_a_fixed_address_counts_only_when_the_load_balancer_reports_it() -> None:
+    from mailwarden.operator import children as children_mod
+
+    msvc = models.MailService.model_validate(
+        {
+            "metadata": {"name": "smtp", "namespace": "mail"},
+            "spec": {
+                "service": "SMTP",
+                "listen": [{"address": "192.0.2.25"}],
+                "backend": {"host": "b"},
+            },
+        }
+    )
+    built = children_mod.build(msvc, {})
+    name = built.listeners[0].name
+
+    def seen(ingress: list[dict[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        live = {"status": {"loadBalancer": {"ingress": ingress}}}
+        return status.addresses(built, {name: live})
+
+    assert seen([]) == ((), ("the load balancer to assign 192.0.2.25 (Service " + name + ")",))
+    assert seen([{"ip": "203.0.113.9"}])[0] == ()  # another address is not the one asked for
+    assert seen([{"ip": "192.0.2.25"}]) == (("192.0.2.25:25",), ())
+    # An AWS NLB reports a DNS name only (its Elastic IPs are given by allocation).
+    assert seen([{"hostname": "nlb-1.elb.example.com"}]) == (("nlb-1.elb.example.com:25",), ())

@@ -17,6 +17,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import nntplib
 
+from tests.support import refusals
 from tests.support.listener import free_port, service
 from tests.support.mail_servers import (
     NEWS_BODY,
@@ -27,10 +28,10 @@ from tests.support.mail_servers import (
 )
 from tests.support.raw_tcp import connect, exchange, read_line, read_until_eof
 
-AUTH_REQUIRED = b"480 Authentication required\r\n"
-DENIED = b"502 Access denied: your address is not allowed to use this service\r\n"
-OVER_CAP = b"400 Too many connections, try again later\r\n"
-UNAVAILABLE = b"400 Service temporarily unavailable, try again later\r\n"
+AUTH_REQUIRED = refusals.line("nntp", "auth_required")
+DENIED = refusals.line("nntp", "denied")
+OVER_CAP = refusals.line("nntp", "over_cap")
+UNAVAILABLE = refusals.line("nntp", "backend_down")
 
 pytestmark = pytest.mark.servers
 

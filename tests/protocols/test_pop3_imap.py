@@ -9,18 +9,19 @@ import re
 
 import pytest
 
+from tests.support import refusals
 from tests.support.listener import free_port, service
 from tests.support.mail_servers import MAIL_PASSWORD, MAIL_USER
 from tests.support.raw_tcp import connect, read_line, read_until_eof
 
 ALLOWED = ("127.0.0.1/32", "127.0.0.10/32", "127.0.0.31/32", "127.0.0.32/32")
 
-POP3_DENIED = b"-ERR [SYS/PERM] Access denied: your address is not allowed to use this service\r\n"
-POP3_OVER_CAP = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
-POP3_UNAVAILABLE = b"-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
-IMAP_DENIED = b"* BYE Access denied: your address is not allowed to use this service\r\n"
-IMAP_OVER_CAP = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
-IMAP_UNAVAILABLE = b"* BYE [UNAVAILABLE] Service temporarily unavailable, try again later\r\n"
+POP3_DENIED = refusals.line("pop3", "denied")
+POP3_OVER_CAP = refusals.line("pop3", "over_cap")
+POP3_UNAVAILABLE = refusals.line("pop3", "backend_down")
+IMAP_DENIED = refusals.line("imap", "denied")
+IMAP_OVER_CAP = refusals.line("imap", "over_cap")
+IMAP_UNAVAILABLE = refusals.line("imap", "backend_down")
 
 pytestmark = pytest.mark.servers
 

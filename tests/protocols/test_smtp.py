@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from tests.support import refusals
 from tests.support.listener import free_port, service, wait_until
 from tests.support.mail_servers import MAIL_DOMAIN, MAIL_PASSWORD, MAIL_USER
 from tests.support.raw_tcp import (
@@ -21,12 +22,10 @@ from tests.support.raw_tcp import (
 )
 
 HOST = "mx.test.example"
-DENIED = (
-    b"554 5.7.1 mx.test.example Access denied: your address is not allowed to use this service\r\n"
-)
-BAD_SEQUENCE = b"503 5.5.1 Error: access denied, only QUIT is accepted\r\n"
-OVER_CAP = b"421 4.7.0 mx.test.example Error: too many connections, try again later\r\n"
-UNAVAILABLE = b"421 4.4.1 mx.test.example Service temporarily unavailable, try again later\r\n"
+DENIED = refusals.line("smtp", "denied", host=HOST)
+BAD_SEQUENCE = refusals.line("smtp", "bad_sequence")
+OVER_CAP = refusals.line("smtp", "over_cap", host=HOST)
+UNAVAILABLE = refusals.line("smtp", "backend_down", host=HOST)
 ALLOWED = ("127.0.0.1/32", "127.0.0.10/32", "127.0.0.23/32", "127.0.0.24/32")
 
 pytestmark = pytest.mark.servers
@@ -90,7 +89,7 @@ def test_a_denied_address_gets_a_554_greeting_then_503_to_everything_but_quit(
         assert exchange(s, b"RCPT TO:<alice@test.example>\r\n") == BAD_SEQUENCE
         assert exchange(s, b"garbage \x00\xff\r\n") == BAD_SEQUENCE
         s.sendall(b"QUIT\r\n")
-        assert read_until_eof(s) == b"221 2.0.0 Bye\r\n"
+        assert read_until_eof(s) == refusals.line("smtp", "bye")
     # smtplib understands it as a refusal at connection time.
     with pytest.raises(smtplib.SMTPConnectError) as refused:
         smtplib.SMTP("127.0.0.1", port, source_address=("127.0.0.67", 0), timeout=5)
@@ -110,7 +109,7 @@ def test_an_over_long_line_in_the_refusal_conversation_gets_500_and_the_session_
         assert read_line(s) == b"500 5.5.2 Error: line too long\r\n"
         assert exchange(s, b"NOOP\r\n") == BAD_SEQUENCE
         s.sendall(b"QUIT\r\n")
-        assert read_until_eof(s) == b"221 2.0.0 Bye\r\n"
+        assert read_until_eof(s) == refusals.line("smtp", "bye")
 
 
 def test_a_refused_client_that_keeps_talking_is_cut_off_with_421_after_twenty_503s(
@@ -122,7 +121,7 @@ def test_a_refused_client_that_keeps_talking_is_cut_off_with_421_after_twenty_50
         assert read_line(s) == DENIED
         s.sendall(b"NOOP\r\n" * 25)
         tail = read_until_eof(s)
-    assert tail == BAD_SEQUENCE * 20 + b"421 4.7.0 mx.test.example Error: too many errors\r\n"
+    assert tail == BAD_SEQUENCE * 20 + refusals.line("smtp", "too_many_errors", host=HOST)
 
 
 def test_over_the_service_cap_a_client_gets_421_too_many_connections_and_is_closed(

@@ -7,10 +7,11 @@ from hypothesis import strategies as st
 
 from mailwarden.listener.protocols import nntp
 from mailwarden.listener.protocols.nntp import AuthResult, ReaderGate
+from tests.support import refusals
 
 GREETING = b"200 news.test.example ready\r\n"
 CAPS = b"101 Capability list:\r\nVERSION 2\r\nREADER\r\nAUTHINFO USER\r\n.\r\n"
-AUTH_REQUIRED = b"480 Authentication required\r\n"
+AUTH_REQUIRED = refusals.line("nntp", "auth_required")
 
 
 def greeted() -> ReaderGate:

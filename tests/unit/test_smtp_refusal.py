@@ -6,9 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailwarden.listener.protocols import imap, nntp, pop3, smtp
+from tests.support import refusals
 
-DENIED = b"554 5.7.1 mx.example Access denied: your address is not allowed to use this service\r\n"
-BAD = b"503 5.5.1 Error: access denied, only QUIT is accepted\r\n"
+DENIED = refusals.line("smtp", "denied", host="mx.example")
+BAD = refusals.line("smtp", "bad_sequence")
 
 
 def test_the_greeting_is_554_5_7_1_naming_the_host():
@@ -21,7 +22,7 @@ def test_every_command_but_quit_gets_503_and_quit_gets_221_and_closes():
     assert s.feed(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n").data == BAD * 2
     assert s.feed(b"STARTTLS\r\n").data == BAD
     reply = s.feed(b"quit\r\n")
-    assert (reply.data, reply.close) == (b"221 2.0.0 Bye\r\n", True)
+    assert (reply.data, reply.close) == (refusals.line("smtp", "bye"), True)
 
 
 def test_a_command_split_across_packets_is_answered_once_whole():
@@ -43,8 +44,8 @@ def test_a_client_that_never_quits_is_cut_off_with_421():
     s = smtp.DeniedSession("mx.example")
     reply = s.feed(b"NOOP\r\n" * 100)
     assert reply.close
-    assert reply.data == BAD * smtp.REFUSAL_COMMAND_BUDGET + (
-        b"421 4.7.0 mx.example Error: too many errors\r\n"
+    assert reply.data == BAD * smtp.REFUSAL_COMMAND_BUDGET + refusals.line(
+        "smtp", "too_many_errors", host="mx.example"
     )
 
 

@@ -119,30 +119,3 @@ async def prune(
         if await api.delete(kube.path_of(obj)):
             deleted.append(obj["metadata"]["name"])
     return deleted
-
-
-async def nudge_pods(
-    api: kube.Api, namespace: str, selector: Mapping[str, str], config_hash: str
-) -> int:
-    """Tell the kubelet a listener pod changed, so it refreshes the pod's ConfigMap volume now
-    rather than at its next periodic sync (up to a minute or more). Only the pods' own
-    annotations change, never the Deployment's template: nothing restarts."""
-    query = ",".join(f"{k}={v}" for k, v in selector.items())
-    nudged = 0
-    for pod in await api.list(kube.collection("v1", "Pod", namespace), query):
-        meta = pod.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        if any(labels.get(k) != v for k, v in selector.items()) or meta.get("deletionTimestamp"):
-            continue
-        if (meta.get("annotations") or {}).get(naming.ANNOTATION_CONFIG_HASH) == config_hash:
-            continue
-        try:
-            await api.patch(
-                kube.path_of({"apiVersion": "v1", "kind": "Pod", "metadata": meta}),
-                {"metadata": {"annotations": {naming.ANNOTATION_CONFIG_HASH: config_hash}}},
-            )
-        except kube.ApiError as exc:
-            if exc.status != 404:  # a pod that just went is fine
-                raise
-        nudged += 1
-    return nudged

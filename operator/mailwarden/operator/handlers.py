@@ -390,7 +390,10 @@ async def _poll_figures(
                     concurrency=settings.figures_concurrency,
                     http=http,
                     listeners_of=functools.partial(
-                        world.listener_deployments, defaults=settings.listener_defaults
+                        world.listener_deployments,
+                        defaults=settings.listener_defaults,
+                        # Once per round: every MailService's claims, for all of them.
+                        claimants=world.claimants(settings.listener_defaults),
                     ),
                 )
                 stamp = conditions.now()

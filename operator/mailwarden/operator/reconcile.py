@@ -92,10 +92,12 @@ class World:
         namespace: str,
         defaults: settings_mod.ListenerDefaults | None = None,
         claimants: list[conflicts.Claimant] | None = None,
+        addresses: set[str] | None = None,
     ) -> list[listeners.Member]:
         """Every valid MailService of `namespace` that is not being deleted, as listeners
         see it: defaults applied, with the claims it lost to older MailServices (of any
-        namespace: an address is one address cluster-wide)."""
+        namespace: an address is one address cluster-wide). addresses: only those naming
+        one of these fixed addresses (the ones that can share a listener with them)."""
         defaults = defaults or settings_mod.ListenerDefaults()
         if claimants is None:
             claimants = self.claimants(defaults)
@@ -106,6 +108,10 @@ class World:
             msvc = parse_mailservice(body)
             if msvc is None:
                 continue
+            if addresses is not None and not addresses & {
+                a for a, _ in msvc.spec.endpoints() if a is not None
+            }:
+                continue  # cheap, before the defaults: most MailServices share nothing
             msvc = children.with_defaults(msvc, defaults)
             me = conflicts.claimant(msvc, created(body))
             lost = conflicts.lost(me, claimants) if me.claims else {}
@@ -113,7 +119,10 @@ class World:
         return out
 
     def listener_deployments(
-        self, key: Key, defaults: settings_mod.ListenerDefaults | None = None
+        self,
+        key: Key,
+        defaults: settings_mod.ListenerDefaults | None = None,
+        claimants: list[conflicts.Claimant] | None = None,
     ) -> tuple[str, ...]:
         """The listener Deployments serving the MailService `key` (contract C5): its pods are
         those labelled mailwarden.io/listener=<name> in its namespace. Its own listener when
@@ -124,8 +133,11 @@ class World:
             return (naming.base(key[1]),)
         msvc = children.with_defaults(msvc, defaults or settings_mod.ListenerDefaults())
         me = conflicts.claimant(msvc, created(body or {}))
-        lost = conflicts.lost(me, self.claimants(defaults)) if me.claims else {}
-        return listeners.deployments(msvc, lost)
+        if not me.claims:
+            return listeners.deployments(msvc)
+        if claimants is None:
+            claimants = self.claimants(defaults)
+        return listeners.deployments(msvc, conflicts.lost(me, claimants))
 
     def served_by(
         self, namespace: str, listener: str, defaults: settings_mod.ListenerDefaults
@@ -364,16 +376,31 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> s
     defaults = ctx.settings.listener_defaults
     msvc = children.with_defaults(msvc, defaults)
     me = conflicts.claimant(msvc, created(body))
-    claimants = world.claimants(defaults)
-    # Only fixed addresses can be lost; without one, no other MailService matters.
+    # Only fixed addresses can be lost or shared; without one, no other MailService matters
+    # (and none is read: most MailServices share nothing).
+    claimants = world.claimants(defaults) if me.claims else []
     lost = conflicts.lost(me, claimants) if me.claims else {}
     member = listeners.Member(msvc, created(body), lost)
-    others = [m for m in world.members(namespace, defaults, claimants) if m.name != member.name]
+    # The listeners it was in, as its status recorded them (a listener it left must be
+    # rebuilt without it, or removed when no one else is in it).
+    previous = set(old_status.get("listeners") or [])
+    own = listeners.name_of(member.name, None)
+    if previous - {own} - set(listeners.deployments(msvc, lost)):
+        # It left a shared listener: everyone of the namespace may matter to rebuild it.
+        if not claimants:
+            claimants = world.claimants(defaults)
+        others = world.members(namespace, defaults, claimants)
+    elif me.claims:
+        addresses = {a for a, _ in me.claims}
+        others = world.members(namespace, defaults, claimants, addresses=addresses)
+    else:
+        others = []
+    others = [m for m in others if m.name != member.name]
     plan = listeners.plan([*others, member])
     seen: dict[tuple[str, str, str], str] = {}
     try:
         affected = await _apply_children(
-            ctx, body, member, plan, world, old_status, new_generation, seen
+            ctx, body, member, plan, world, old_status, new_generation, seen, previous
         )
     except BaseException:
         # The next event of these children must reconcile again: this one did not finish.
@@ -388,13 +415,16 @@ class Foreign(Exception):
     """A child's name is taken by an object that another owner controls."""
 
 
-async def _previous_listeners(
+async def _legacy_children(
     ctx: Context, namespace: str, msvc_name: str, uid: str | None
 ) -> tuple[set[str], list[dict[str, Any]]]:
-    """The listeners whose children name this MailService as an owner today, from their
-    Services (every listener has one); and Services of the per-MailService naming that came
-    before shared listeners, owned by it, to be removed."""
-    selector = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    """What a MailService owned before listeners were shared, read once (its status records
+    its listeners from then on): its Services named per MailService and address, to be
+    removed, and its own Deployment's name when it had one. Listed by its label, filtered by
+    the API server."""
+    selector = (
+        f"{naming.LABEL_MAILSERVICE}={msvc_name},{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    )
     found: set[str] = set()
     legacy: list[dict[str, Any]] = []
     for svc in await ctx.api.list(kube.collection("v1", "Service", namespace), selector):
@@ -403,14 +433,13 @@ async def _previous_listeners(
         labels = meta.get("labels") or {}
         if labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGED_BY:
             continue  # a selector is a request: only the operator's own objects count
+        if labels.get(naming.LABEL_MAILSERVICE) != msvc_name:
+            continue
         if uid is None or not any(r.get("uid") == uid for r in refs):
             continue
-        listener = labels.get(naming.LABEL_LISTENER)
-        if listener is None:
+        if labels.get(naming.LABEL_LISTENER) is None:
             legacy.append({**svc, "apiVersion": "v1", "kind": "Service"})
             found.add(naming.base(msvc_name))
-        else:
-            found.add(listener)
     return found, legacy
 
 
@@ -438,6 +467,7 @@ async def _apply_children(
     old_status: Mapping[str, Any],
     new_generation: bool,
     seen: dict[tuple[str, str, str], str],
+    previous: set[str],
 ) -> set[Key]:
     meta = body.get("metadata") or {}
     msvc = member.msvc
@@ -460,7 +490,10 @@ async def _apply_children(
         return alive[0]
 
     mine = listeners.of_member(plan, member.name)
-    previous, legacy = await _previous_listeners(ctx, namespace, member.name, msvc.metadata.uid)
+    legacy: list[dict[str, Any]] = []
+    if "listeners" not in old_status:
+        found, legacy = await _legacy_children(ctx, namespace, member.name, msvc.metadata.uid)
+        previous = previous | found
     touched = sorted({lst.name for lst in mine} | previous)
     built = {lst.name: children.build_listener(lst, groups_, ctx.settings) for lst in mine}
     for name in touched:
@@ -586,13 +619,6 @@ async def _apply_listener(
             if child["kind"] == "Deployment":
                 # Scaled (or changed): a budget of when it had more replicas may be left.
                 had_budget = True
-        if child["kind"] == "ConfigMap" and action == "updated":
-            await apply.nudge_pods(
-                ctx.api,
-                namespace,
-                lst.listener.selector,
-                child["metadata"]["annotations"][naming.ANNOTATION_CONFIG_HASH],
-            )
     if lst.disruption_budget is None and had_budget:
         gone = await _delete_ours(ctx, namespace, "policy/v1", "PodDisruptionBudget", lst.name)
         if gone:
@@ -608,6 +634,9 @@ LISTENER_KINDS = (
     ("v1", "Service"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
 )
 
 

@@ -252,7 +252,7 @@ def facts(
     assigned, pending = addresses(built, services or {})
     return Facts(
         generation=msvc.metadata.generation or 0,
-        running=built.running and bool(built.listeners),
+        running=built.running,
         replicas=sum(wanted),
         resolution=built.rendered.resolution,
         lost=lost,
@@ -289,10 +289,15 @@ def addresses(
         lspec: Mapping[str, Any] = live.get("spec") or {}
         if kind == "LoadBalancer":
             ingress = ((live.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-            hosts = [i.get("ip") or i.get("hostname") for i in ingress if isinstance(i, Mapping)]
-            hosts = [h for h in hosts if h]
+            entries = [i for i in ingress if isinstance(i, Mapping)]
+            ips = [str(i["ip"]) for i in entries if i.get("ip")]
+            names = [str(i["hostname"]) for i in entries if i.get("hostname") and not i.get("ip")]
+            hosts = ips + names
             if address is not None:
-                hosts = [h for h in hosts if h == address]
+                # The requested address must be there. A load balancer that reports only a
+                # DNS name (an AWS NLB, whose fixed addresses are Elastic IPs given by
+                # allocation) cannot show it: its name is what there is to report.
+                hosts = [h for h in ips if h == address] or ([] if ips else names)
             if not hosts:
                 what = (
                     f"the load balancer to assign {address}"
@@ -420,6 +425,7 @@ def mailservice(
         "effectiveMaxConnectionsPerPod": built.rendered.service.max_connections,
         "endpoints": list(f.assigned),
         "address": address_of(f),
+        "listeners": [lst.name for lst in built.listeners],
         "conditions": warning_condition(built, conds, gen, timestamp),
     }
     # The live figures are written by the poller (reconcile.figures), not here; keep them.
