@@ -486,20 +486,39 @@ class Emulator(kmock.KubernetesEmulator):
     # -- MetalLB's controller (kubeemu/loadbalancer.py) -------------------------------
 
     def services(self) -> list[dict[str, Any]]:
-        """Every live Service, in creation order."""
+        """Every live Service of type LoadBalancer (the only ones MetalLB looks at), in
+        creation order."""
+        return [copy.deepcopy(self._objects[key].raw) for key in self._lb_keys()]
+
+    def _lb_keys(self) -> list[Any]:
+        """The keys of the live LoadBalancer Services and of those still showing an address,
+        from the index by resource: a cluster with thousands of other Services (the operator
+        benchmark's unrelated objects) must not make every Service write cost them all."""
         out = []
-        for key, obj in self._objects.items():
-            if key[0].plural == "services" and not key[0].group and not obj.deleted:
-                out.append(copy.deepcopy(obj.raw))
+        for key in self._keys_of(kmock.resource("v1/services"), None):
+            obj = self._objects[key]
+            if obj.deleted:
+                continue
+            raw = obj.raw
+            if (raw.get("spec") or {}).get("type") == "LoadBalancer" or (
+                (raw.get("status") or {}).get("loadBalancer")
+            ):
+                out.append(key)
         return out
 
     async def assign_load_balancers(self) -> None:
         """Give every LoadBalancer Service the addresses MetalLB would, or none (pending).
         Called with the emulator's lock held, after every Service write."""
-        assigned = self.metallb.assign(self.services())
-        for key, obj in list(self._objects.items()):
-            if key[0].plural != "services" or key[0].group or obj.deleted:
-                continue
+        keys = self._lb_keys()
+        assigned = self.metallb.assign(
+            [
+                copy.deepcopy(self._objects[k].raw)
+                for k in keys
+                if (self._objects[k].raw.get("spec") or {}).get("type") == "LoadBalancer"
+            ]
+        )
+        for key in keys:
+            obj = self._objects[key]
             raw = copy.deepcopy(obj.raw)
             name = f"{key[1]}/{key[2]}"
             ips = assigned.get(name, [])
