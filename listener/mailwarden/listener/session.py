@@ -419,12 +419,11 @@ class ClientConnection(asyncio.Protocol):
         """STARTTLS offered by the NNTP gate: encrypt the reader's leg (the 382 is already
         on its way); the news server's leg stays as it is."""
         transport, backend = self.transport, self.backend
-        assert transport is not None and backend is not None
-        self.state = State.STARTTLS
+        if self.state is not State.STARTTLS or transport is None or backend is None:
+            return  # the session ended before this step began
         # The server has nothing to say until the next command; hold it anyway so nothing
         # can be written into the handshake.
         backend.transport.pause_reading()
-        self.phase_started = self.rt.loop.time()
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
@@ -618,6 +617,14 @@ class ClientConnection(asyncio.Protocol):
                 self.bytes_up += len(held)
                 self.backend.transport.write(held)
         elif out.start_tls and self.rt.server_tls is not None:
+            # From the 382 on, the client's bytes are its TLS handshake: hold them for the
+            # TLS layer (not the gate) from now, not from when the task starts. What it had
+            # pipelined behind STARTTLS is dropped (RFC 4642 §2.2.2), as the gate drops its
+            # own rest.
+            self.state = State.STARTTLS
+            self.phase_started = self.rt.loop.time()
+            if self._pending:
+                self._take_pending()
             self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
         if self._eof:
             self._gate_eof()
