@@ -11,9 +11,12 @@ import pytest
 
 from mailwarden.listener import health
 
+CLOSED: list[str] = []
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[health.HealthServer]:
+    CLOSED.clear()
     s = health.HealthServer(
         {
             "/healthz": health.healthz,
@@ -21,6 +24,7 @@ async def server() -> AsyncIterator[health.HealthServer]:
             "/boom": lambda: 1 // 0,  # type: ignore[dict-item]
         },
         health.Limits(header_timeout=1.0, keepalive_timeout=1.0, max_connections=3),
+        closed=CLOSED.append,
     )
     await s.start("127.0.0.1", 0)
     yield s
@@ -79,11 +83,25 @@ async def test_pipelined_requests_are_answered_in_order_and_connection_close_is_
 async def test_every_other_request_gets_its_status_and_a_close(server, request_, status):
     reply = await exchange(server.port, request_)
     assert reply.startswith(b"HTTP/1.1 " + status + b" ")
+    refused = status not in (b"200", b"404", b"500")
+    assert (health.BAD_REQUEST in CLOSED) == refused
 
 
 async def test_a_head_that_never_ends_gets_408_after_the_header_timeout(server):
     reply = await exchange(server.port, b"GET /healthz HTTP/1.1\r\nX-Slow: 1")
     assert reply.startswith(b"HTTP/1.1 408 ")
+    assert CLOSED == [health.HEADER_TIMEOUT]
+
+
+async def test_an_idle_kept_alive_connection_is_closed_and_counted_apart(server, caplog):
+    reply = await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ")  # then EOF after the keep-alive time
+    silent = await exchange(server.port, b"")
+    assert silent == b""
+    assert sorted(CLOSED) == [health.HEADER_TIMEOUT, health.KEEPALIVE]
+    # Logged once (the minute's first), and not for the routine keep-alive close.
+    lines = [r.getMessage() for r in caplog.records if "metrics port" in r.getMessage()]
+    assert lines == ["metrics port: connections closed by its limits: 1 header_timeout"]
 
 
 async def test_over_the_limit_the_longest_idle_connection_makes_room(server):
@@ -94,5 +112,6 @@ async def test_over_the_limit_the_longest_idle_connection_makes_room(server):
     first_reader, _ = idle[0]
     assert await asyncio.wait_for(first_reader.read(), 2) == b""  # pushed out
     assert server.evicted == 1
+    assert CLOSED == [health.EVICTED]
     for _, writer in idle:
         writer.close()

@@ -5,6 +5,8 @@ same behaviours with real sockets where the order can be forced."""
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -321,8 +323,10 @@ def test_commands_pipelined_behind_starttls_are_dropped(scripts, tls_files):
     assert s.session.state is session.State.STARTTLS
     assert s.to_client == GREETING + b"382 Continue with TLS negotiation\r\n"
     assert s.to_backend == b""
+    assert not s.session._pending  # nothing pipelined is kept for the TLS layer either
+    s.send(HELLO_TLS)
     [(layer, _)] = s.loop.handshakes
-    assert bytes(layer.received) == b""  # no plain-text command reaches the TLS layer
+    assert bytes(layer.received) == HELLO_TLS  # the handshake, and no plain-text command
 
 
 def test_the_handshake_bytes_that_come_before_the_tls_step_begins_reach_the_tls_layer(
@@ -332,12 +336,24 @@ def test_the_handshake_bytes_that_come_before_the_tls_step_begins_reach_the_tls_
     s.connect().backend_connects().backend_says(GREETING)
     # Both in one loop turn: the 382 is out, the TLS step has not begun.
     s.session.data_received(b"STARTTLS\r\n")
-    s.session.data_received(b"\x16\x03\x01\x02\x00")
+    s.session.data_received(HELLO_TLS)
     assert s.session.state is session.State.STARTTLS
     s.settle()
     [(layer, _)] = s.loop.handshakes
-    assert bytes(layer.received) == b"\x16\x03\x01\x02\x00"
+    assert bytes(layer.received) == HELLO_TLS
     assert s.to_client == GREETING + b"382 Continue with TLS negotiation\r\n"
+
+
+def _client_hello() -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="news.example")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+HELLO_TLS = _client_hello()
 
 
 @pytest.fixture

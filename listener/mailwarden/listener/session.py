@@ -383,10 +383,16 @@ class ClientConnection(asyncio.Protocol):
         if verdict is tlshello.Hello.NEED_MORE and len(self._pending) <= PENDING_LIMIT:
             return
         self._hello = False
+        starttls = self.state is State.STARTTLS
         if isinstance(verdict, bytes):
             if self.transport is not None:
                 self.transport.write(verdict)
-            self._fail(m.HANDSHAKE_FAILED, "TLS handshake: the client offers only TLS < 1.2")
+            why = "TLS handshake: the client offers only TLS < 1.2"
+            if starttls:  # the session was counted when it was admitted
+                log.info("%s: %s:%s: STARTTLS: %s", self.rt.config.name, *self.peer, why)
+                self.close()
+            else:
+                self._fail(m.HANDSHAKE_FAILED, why)
             return
         # The ClientHello belongs to the TLS layer start_tls puts in place; what reaches
         # this protocol before that is handed over by _hand_over. (uvloop may read once
@@ -394,7 +400,8 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         assert self.rt.server_tls is not None
-        self.rt.loop.create_task(self._start_tls(self.rt.server_tls))
+        upgrade = self._gate_upgrade if starttls else self._start_tls
+        self.rt.loop.create_task(upgrade(self.rt.server_tls))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         transport = self.transport
@@ -415,15 +422,30 @@ class ClientConnection(asyncio.Protocol):
         self.tls = True
         self._decide()
 
-    async def _gate_starttls(self, ctx: ssl.SSLContext) -> None:
-        """STARTTLS offered by the NNTP gate: encrypt the reader's leg (the 382 is already
-        on its way); the news server's leg stays as it is."""
-        transport, backend = self.transport, self.backend
-        if self.state is not State.STARTTLS or transport is None or backend is None:
-            return  # the session ended before this step began
+    def _gate_starttls(self) -> None:
+        """STARTTLS offered by the NNTP gate, the 382 written: from now on the reader's bytes
+        are its TLS handshake (not commands); the news server's leg stays as it is. Done at
+        once, in the callback that wrote the 382, so no byte of the reader is read as a
+        command in between."""
+        backend = self.backend
+        assert backend is not None
+        self.state = State.STARTTLS
+        self.phase_started = self.rt.loop.time()
+        # What the reader pipelined behind STARTTLS is dropped (RFC 4642 §2.2.2), as the
+        # gate drops its own rest.
+        if self._pending:
+            self._take_pending()
         # The server has nothing to say until the next command; hold it anyway so nothing
         # can be written into the handshake.
         backend.transport.pause_reading()
+        # The reader's ClientHello is screened first (tlshello.screen), as for implicit TLS;
+        # _screen_hello then starts _gate_upgrade.
+        self._hello = True
+
+    async def _gate_upgrade(self, ctx: ssl.SSLContext) -> None:
+        transport, backend = self.transport, self.backend
+        if transport is None or backend is None or self.state is not State.STARTTLS:
+            return
         try:
             tls_transport = await self._upgrade(transport, ctx)
         except _HANDSHAKE_ERRORS as exc:
@@ -617,15 +639,7 @@ class ClientConnection(asyncio.Protocol):
                 self.bytes_up += len(held)
                 self.backend.transport.write(held)
         elif out.start_tls and self.rt.server_tls is not None:
-            # From the 382 on, the client's bytes are its TLS handshake: hold them for the
-            # TLS layer (not the gate) from now, not from when the task starts. What it had
-            # pipelined behind STARTTLS is dropped (RFC 4642 §2.2.2), as the gate drops its
-            # own rest.
-            self.state = State.STARTTLS
-            self.phase_started = self.rt.loop.time()
-            if self._pending:
-                self._take_pending()
-            self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
+            self._gate_starttls()
         if self._eof:
             self._gate_eof()
 

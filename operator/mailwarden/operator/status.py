@@ -252,7 +252,7 @@ def facts(
     assigned, pending = addresses(built, services or {})
     return Facts(
         generation=msvc.metadata.generation or 0,
-        running=built.running and bool(built.listeners),
+        running=built.running,
         replicas=sum(wanted),
         resolution=built.rendered.resolution,
         lost=lost,
