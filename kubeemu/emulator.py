@@ -14,7 +14,7 @@ kmock brings HTTP, discovery, routing, storage, fetch and streaming. This subcla
   `?resourceVersion=` by replaying a bounded event log, so no change between a list and its
   watch is lost;
 - equality-based label selectors (`k=v`, `k!=v`, `k`, `!k`) on list and watch;
-- paginated lists (`limit` and `continue`);
+- paginated lists (`limit` and `continue`), and the field selector `metadata.name=`;
 - resource quantities of pods and Deployments stored in canonical form, as the API server
   does (`1024Mi` -> `1Gi`; kubeemu/quantities.py);
 - requests dropped from kmock's history once served (its router scans the whole history on
@@ -102,6 +102,17 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def _name_matches(request: rendering.Request, meta: dict[str, Any]) -> bool:
+    """The one field selector emulated: `metadata.name=NAME`, which RBAC requires of a list or
+    watch limited by resourceNames
+    (https://kubernetes.io/docs/reference/access-authn-authz/rbac/#referring-to-resources)."""
+    for term in filter(None, request.params.get("fieldSelector", "").split(",")):
+        field, _, value = term.partition("=")
+        if field == "metadata.name" and meta.get("name") != value.lstrip("="):
+            return False
+    return True
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     deployment_controller: bool = True
@@ -133,6 +144,10 @@ class Emulator(kmock.KubernetesEmulator):
     list_pages: int = 0
     items_served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
     queries: set[tuple[str, str, str, str, str]] = attrs.field(factory=set)
+    # (client, verb, resource, fieldSelector) of lists and watches, and the bearer tokens
+    # requests carried.
+    field_queries: set[tuple[str, str, str, str]] = attrs.field(factory=set)
+    tokens: set[str] = attrs.field(factory=set)
     # (verb, resource[/subresource]) -> requests served, from anyone.
     served: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
     # The pod stand-in (kubeemu/pods.py), when the test wants real listener pods.
@@ -224,8 +239,14 @@ class Emulator(kmock.KubernetesEmulator):
         resource = str(res.plural) + (f"/{request.subresource}" if request.subresource else "")
         self.audit.add((agent, verb, str(res.group or ""), resource, request.namespace))
         self.served[(verb, resource)] += 1
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            self.tokens.add(auth.removeprefix("Bearer "))
         if verb in ("list", "watch"):
             params = request.params
+            self.field_queries.add(
+                (agent.split("/")[0], verb, resource, str(params.get("fieldSelector", "")))
+            )
             self.queries.add(
                 (
                     agent.split("/")[0],
@@ -535,6 +556,8 @@ class Emulator(kmock.KubernetesEmulator):
             raw = obj.raw
             if selector and not _selector_matches(selector, raw["metadata"].get("labels") or {}):
                 continue
+            if not _name_matches(request, raw["metadata"]):
+                continue
             out.append(copy.deepcopy(raw))
         return out
 
@@ -613,6 +636,8 @@ class Emulator(kmock.KubernetesEmulator):
         if request.namespace is not None and meta.get("namespace") != request.namespace:
             return False
         if request.name is not None and meta.get("name") != request.name:
+            return False
+        if not _name_matches(request, meta):
             return False
         return not selector or _selector_matches(selector, meta.get("labels") or {})
 
@@ -694,6 +719,24 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         kind="Namespace",
         singular="namespace",
         namespaced=False,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
+    "v1/serviceaccounts": kmock.ResourceInfo(
+        kind="ServiceAccount",
+        singular="serviceaccount",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
+    "rbac.authorization.k8s.io/v1/roles": kmock.ResourceInfo(
+        kind="Role",
+        singular="role",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
+    "rbac.authorization.k8s.io/v1/rolebindings": kmock.ResourceInfo(
+        kind="RoleBinding",
+        singular="rolebinding",
+        namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
     "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(

@@ -23,6 +23,7 @@ from tests.support.attack import (
     open_clients,
     recv_some,
     recv_until,
+    source_address,
 )
 from tests.support.listener import service
 from tests.support.misbehaving import Behaviour
@@ -183,3 +184,54 @@ def _wait(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return bool(predicate())
+
+
+@pytest.mark.timeout(60)
+def test_garbage_and_oversized_lines_are_answered_in_the_protocol_never_a_traceback(
+    misbehaving_backend, listener_process
+):
+    news = misbehaving_backend(Behaviour.NNTP)
+    lp = listener_process(
+        service("attack/smtp", allow=()),
+        service("attack/nntp", "NNTP", backend_port=news.port, anonymous=False),
+    )
+    with connect(lp.port(0)) as s:
+        assert recv_until(s, b"\r\n").startswith(b"554 5.7.1 ")
+        s.sendall(b"\x00\xff\xfe garbage \x80\r\n" + b"A" * 5000 + b"\r\n")
+        answer = recv_until(s, b"line too long\r\n")
+        assert answer.startswith(b"503 5.5.1 ")
+        assert answer.endswith(b"500 5.5.2 Error: line too long\r\n")
+    with connect(lp.port(1)) as s:
+        assert recv_until(s, b"\r\n") == b"200 news ready\r\n"
+        s.sendall(b"\x00\xff\r\n" + b"B" * 5000 + b"\r\nGROUP x\r\n")
+        answer = recv_until(s, b"480 Authentication required\r\n480 Authentication required\r\n")
+        assert answer == (
+            b"480 Authentication required\r\n501 Line too long\r\n480 Authentication required\r\n"
+        )
+    assert "Traceback" not in lp.log()
+
+
+@pytest.mark.timeout(90)
+def test_no_memory_is_kept_over_thousands_of_short_sessions(misbehaving_backend, listener_process):
+    """5,000 relayed sessions, each greeted and closed: RSS after them is within 5 MiB of RSS
+    after the first 1,000 (the issue's run of 100k behaved the same; this keeps the suite
+    short)."""
+    b = misbehaving_backend(Behaviour.GREETER)
+    lp = listener_process(service(SVC, backend_port=b.port))
+    port = lp.port()
+
+    def sessions(n: int, deadline: Deadline) -> int:
+        done = 0
+        while done < n and not deadline.expired:
+            with connect(port, source_address(done)) as s:
+                if recv_until(s, b"\r\n") == GREETING:
+                    done += 1
+        return done
+
+    deadline = Deadline(60)
+    assert sessions(1000, deadline) == 1000
+    lp.wait_metric(ACTIVE, 0, service=SVC)
+    warm = lp.rss_mib()
+    assert sessions(4000, deadline) == 4000
+    assert lp.wait_metric(ACTIVE, 0, service=SVC) == 0
+    assert lp.rss_mib() - warm < 5

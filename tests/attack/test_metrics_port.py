@@ -91,6 +91,11 @@ def test_idle_trickling_and_kept_alive_connections_to_the_metrics_port_are_close
         assert closed_at[s.fileno()] - kept_since > LIMITS.keepalive_timeout - 1
     close_all([*idle, *trickling, *kept])
     assert http_get(port, "/healthz")[0] == 200
+    # Counted by reason (what an operator alerts on), and said in the log.
+    closed_metric = "mailwarden_metrics_port_closed_total"
+    assert lp.metric(closed_metric, reason="header_timeout") == 25
+    assert lp.metric(closed_metric, reason="keepalive_timeout") == 5
+    assert "metrics port: connections closed by its limits" in lp.log()
 
 
 def test_a_trickled_request_head_gets_408_when_its_total_time_is_up(
@@ -137,5 +142,6 @@ def test_a_flood_of_metrics_connections_under_a_low_fd_limit_leaves_mail_clients
         assert answers == [GREETING] * 40
     finally:
         close_all(flood)
+    assert lp.metric("mailwarden_metrics_port_closed_total", reason="evicted") >= 300 - 64
     assert lp.metric("mailwarden_open_files_limit", limit="soft") == 256
     assert lp.metric("mailwarden_open_files_limit", limit="hard") == 256

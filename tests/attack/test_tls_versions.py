@@ -54,3 +54,30 @@ def test_a_tls_1_0_or_1_1_client_gets_the_protocol_version_alert(
         server_hostname="localhost",
     ) as s:
         assert recv_until(s, b"\r\n") == b"220 backend\r\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_tls_1_0_reader_at_the_nntp_gates_starttls_gets_the_alert_too(
+    misbehaving_backend, listener_process, listener_tls
+):
+    news = misbehaving_backend(Behaviour.NNTP)
+    lp = listener_process(
+        service("attack/nntp", "NNTP", backend_port=news.port, tls=listener_tls.files)
+    )
+    raw = connect(lp.port())
+    assert recv_until(raw, b"\r\n") == b"200 news ready\r\n"
+    raw.sendall(b"STARTTLS\r\n")
+    assert recv_until(raw, b"\r\n") == b"382 Continue with TLS negotiation\r\n"
+    with pytest.raises(ssl.SSLError) as caught:
+        old_client(ssl.TLSVersion.TLSv1).wrap_socket(raw, server_hostname="mail.example")
+    raw.close()
+    assert caught.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION", caught.value
+    assert lp.wait_metric("mailwarden_connections_active", 0, service="attack/nntp") == 0
+    # A current reader upgrades as before.
+    with connect(lp.port()) as plain:
+        recv_until(plain, b"\r\n")
+        plain.sendall(b"STARTTLS\r\n")
+        recv_until(plain, b"\r\n")
+        with listener_tls.client().wrap_socket(plain, server_hostname="localhost") as s:
+            s.sendall(b"GROUP x\r\n")
+            assert recv_until(s, b"\r\n") == b"480 Authentication required\r\n"

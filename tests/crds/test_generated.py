@@ -138,6 +138,7 @@ def test_status_fields_are_the_ones_the_operator_writes():
             "lastStateChange",
             "endpoints",
             "address",
+            "listeners",
             "effectiveMaxConnectionsPerPod",
             "replicas",
             "selector",

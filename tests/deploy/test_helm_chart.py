@@ -41,7 +41,14 @@ NAMESPACED_RULES = [
         ["get", "list", "watch", "create", "patch", "delete"],
     ),
     (["policy"], ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"]),
-    ([""], ["pods"], ["list", "watch", "patch"]),
+    # Never `patch` (it would let the operator change any pod's image).
+    ([""], ["pods"], ["list", "watch"]),
+    ([""], ["serviceaccounts"], ["get", "create", "patch", "delete"]),
+    (
+        ["rbac.authorization.k8s.io"],
+        ["roles", "rolebindings"],
+        ["get", "create", "patch", "delete"],
+    ),
     ([""], ["events"], ["create"]),
 ]
 CRD_RULE = (["apiextensions.k8s.io"], ["customresourcedefinitions"], ["list", "watch"])

@@ -59,19 +59,26 @@ def test_render_prints_the_children_as_yaml(tmp_path: pathlib.Path) -> None:
     kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
     # The fixed address's listener (shared by whatever else listens on it; with two replicas,
     # a PodDisruptionBudget), and the MailService's own for its port without an address.
+    # Each listener's pods have their own ServiceAccount that may read only their ConfigMap.
     assert kinds == [
+        ("ServiceAccount", "mailwarden--192-0-2-10"),
+        ("Role", "mailwarden--192-0-2-10"),
+        ("RoleBinding", "mailwarden--192-0-2-10"),
         ("ConfigMap", "mailwarden--192-0-2-10"),
         ("Deployment", "mailwarden--192-0-2-10"),
         ("Service", "mailwarden--192-0-2-10"),
         ("NetworkPolicy", "mailwarden--192-0-2-10"),
         ("PodDisruptionBudget", "mailwarden--192-0-2-10"),
+        ("ServiceAccount", "mailwarden-submission"),
+        ("Role", "mailwarden-submission"),
+        ("RoleBinding", "mailwarden-submission"),
         ("ConfigMap", "mailwarden-submission"),
         ("Deployment", "mailwarden-submission"),
         ("Service", "mailwarden-submission"),
         ("NetworkPolicy", "mailwarden-submission"),
         ("PodDisruptionBudget", "mailwarden-submission"),
     ]
-    config = yaml.safe_load(docs[0]["data"]["listener.yaml"])
+    config = yaml.safe_load(docs[3]["data"]["listener.yaml"])
     assert config["services"][0]["allow"] == ["198.51.100.0/24"]
     assert config["services"][0]["max_connections"] == 100
 

@@ -22,7 +22,8 @@ OPERATOR_AGENTS = ("kopf/", kube_mod.USER_AGENT)
 
 def exercise(kube: Client, ns: str) -> None:
     """Every path of the operator that talks to the API: children created, patched back,
-    recreated and pruned, pods nudged, conflicts, start and stop, groups, events, deletion."""
+    recreated and pruned, listener access (ServiceAccount, Role, RoleBinding), conflicts,
+    start and stop, groups, events, deletion."""
     kube.apply(group(ns, "office", {"network": "192.0.2.0/24"}))
     kube.apply(group(ns, "outer", {"group": "office"}))
     kube.apply(
@@ -47,15 +48,17 @@ def exercise(kube: Client, ns: str) -> None:
             "spec": {"containers": [{"name": "listener", "image": "mailwarden-listener:test"}]},
         }
     )
-    # A group change: ConfigMap and NetworkPolicy patched, the pod nudged, group statuses.
+    # A group change: ConfigMap and NetworkPolicy patched, group statuses. The pods are not
+    # touched: they follow their ConfigMap through the API themselves.
     kube.apply(group(ns, "office", {"network": "192.0.2.0/24"}, {"host": "203.0.113.9"}))
 
-    def nudged() -> None:
-        pod = kube.get("v1", "Pod", ns, "mailwarden-sub-abc12")
-        assert pod is not None
-        assert naming.ANNOTATION_CONFIG_HASH in (pod["metadata"].get("annotations") or {})
+    def spread() -> None:
+        cm = kube.get("v1", "ConfigMap", ns, naming.base("sub"))
+        assert cm is not None and "203.0.113.9/32" in cm["data"][naming.CONFIG_FILE]
 
-    eventually(nudged)
+    eventually(spread)
+    pod = kube.get("v1", "Pod", ns, "mailwarden-sub-abc12")
+    assert pod is not None and not (pod["metadata"].get("annotations") or {})
     # A disruption budget edited by hand is put back.
     budget = ("policy/v1", "PodDisruptionBudget", ns, naming.base("sub"))
     kube.patch(*budget, {"spec": {"maxUnavailable": 2}})

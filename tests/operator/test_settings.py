@@ -36,6 +36,8 @@ BAD = [
     ("MAILWARDEN_LISTENER_UID", "0", "is not a non-root uid"),
     ("MAILWARDEN_LISTENER_UID", "nobody", "is not a non-root uid"),
     ("MAILWARDEN_LISTENER_UID", "-5", "is not a non-root uid"),
+    ("MAILWARDEN_LISTENER_LAME_DUCK_SECONDS", "301", "from 0 to 300"),
+    ("MAILWARDEN_LISTENER_LAME_DUCK_SECONDS", "5s", "from 0 to 300"),
     ("MAILWARDEN_LISTENER_IMAGE", "registry.example/mailwarden listener:1", "not an image"),
     ("MAILWARDEN_MONITORING_NAMESPACE", "Monitoring_NS", "is not a namespace name"),
     ("MAILWARDEN_MONITORING_NAMESPACE", "x" * 64, "is not a namespace name"),

@@ -27,3 +27,9 @@ def test_short_and_recovered_keep_a_reserve_with_hysteresis():
     assert budget.short(room + 1)
     assert budget.recovered(budget.limit - 2 * budget.reserve)
     assert not budget.recovered(budget.limit - 2 * budget.reserve + 1)
+
+
+def test_the_reserve_is_an_eighth_of_the_limit_within_bounds(monkeypatch):
+    for limit, reserve in ((64, 16), (256, 32), (1024, 128), (20000, 256)):
+        monkeypatch.setattr(descriptors, "soft_limit", lambda limit=limit: limit)
+        assert descriptors.Budget().reserve == reserve

@@ -10,7 +10,7 @@ import logging
 import pathlib
 import sys
 
-from mailwarden.listener import config
+from mailwarden.listener import config, kubesource
 from mailwarden.listener import main as listener_main
 
 
@@ -26,6 +26,10 @@ def command(path: pathlib.Path, *, prog: str = "mailwarden-listener") -> int:
         # Out of descriptors or memory: the file may be fine; not "a bad setting".
         print(f"{prog}: cannot read the configuration: {exc}", file=sys.stderr)
         return 1
+    # In a pod set up for it, the ConfigMap is followed through the API (kubesource).
+    api = kubesource.from_environment(path)
+    if api is not None:
+        return listener_main.run(api.start())
     return listener_main.run(listener_main.FileSource(path))
 
 

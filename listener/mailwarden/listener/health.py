@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -41,6 +42,15 @@ REASONS = {
     505: "HTTP Version Not Supported",
 }
 TEXT = "text/plain; charset=utf-8"
+
+# Why the server closed a connection (label values of the metric main.py counts them in).
+HEADER_TIMEOUT = "header_timeout"
+KEEPALIVE = "keepalive_timeout"
+SEND_TIMEOUT = "send_timeout"
+EVICTED = "evicted"
+BAD_REQUEST = "bad_request"
+CLOSE_REASONS = (HEADER_TIMEOUT, KEEPALIVE, SEND_TIMEOUT, EVICTED, BAD_REQUEST)
+LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,18 +84,43 @@ def healthz() -> tuple[int, bytes, str]:
 class HealthServer:
     """Serves `routes` on host:port until closed."""
 
-    def __init__(self, routes: Mapping[str, Route], limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        limits: Limits | None = None,
+        *,
+        closed: Callable[[str], None] | None = None,
+    ) -> None:
+        """`closed(reason)` is told of every connection the limits close (one of CLOSE_REASONS),
+        for a metric."""
         self.routes = dict(routes)
         self.limits = limits or Limits()
         self.connections: set[_Connection] = set()
         self.evicted = 0  # connections closed to make room over max_connections
+        self._closed = closed
         self._server: asyncio.Server | None = None
+        # Closed by the limits since the last log line (at most one a minute, not one per
+        # connection: an attack must not flood the log either).
+        self._unlogged: dict[str, int] = {}
+        self._logged_at = -LOG_INTERVAL
+
+    def limited(self, reason: str) -> None:
+        """A connection closed by a limit: counted, and logged once a minute at most."""
+        if self._closed is not None:
+            self._closed(reason)
+        if reason == KEEPALIVE:
+            return  # an idle scraper's connection: routine
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        now = asyncio.get_running_loop().time()
+        if now - self._logged_at >= LOG_INTERVAL:
+            self._logged_at = now
+            counts = ", ".join(f"{n} {r}" for r, n in sorted(self._unlogged.items()))
+            self._unlogged.clear()
+            log.warning("metrics port: connections closed by its limits: %s", counts)
 
     async def start(self, host: str | None, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host=host or "0.0.0.0", port=port, reuse_address=True
-        )
+        self._server = await loop.create_server(lambda: _Connection(self), sock=_bound(host, port))
 
     @property
     def port(self) -> int:
@@ -97,6 +132,7 @@ class HealthServer:
         victim = min(self.connections, key=_Connection.eviction_order)
         self.connections.discard(victim)
         self.evicted += 1
+        self.limited(EVICTED)
         victim.abort()
 
     def answer(self, method: str, path: str) -> tuple[int, bytes, str]:
@@ -117,6 +153,25 @@ class HealthServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1)
+
+
+def _bound(host: str | None, port: int) -> socket.socket:
+    """A listening socket on an IP address (None: every IPv4 address). Made here rather than
+    by the event loop: uvloop resolves a host given as text through getaddrinfo, encoding it
+    with the IDNA codec first, which imports unicodedata and stringprep into the process
+    (about 0.5 MiB) for what is always a numeric address."""
+    address = host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Connection(asyncio.Protocol):
@@ -182,10 +237,10 @@ class _Connection(asyncio.Protocol):
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > limits.max_head:
-                    self._respond(431, b"request head too large\n", TEXT, close=True)
+                    self._refuse(431, b"request head too large\n")
                 return
             if end > limits.max_head:
-                self._respond(431, b"request head too large\n", TEXT, close=True)
+                self._refuse(431, b"request head too large\n")
                 return
             head = bytes(self._buffer[:end])
             del self._buffer[: end + 4]
@@ -196,23 +251,23 @@ class _Connection(asyncio.Protocol):
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or not parts[1].startswith(b"/"):
-            self._respond(400, b"bad request\n", TEXT, close=True)
+            self._refuse(400, b"bad request\n")
             return
         method, target, version = parts
         if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            self._respond(505, b"HTTP/1.1 only\n", TEXT, close=True)
+            self._refuse(505, b"HTTP/1.1 only\n")
             return
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
-                self._respond(400, b"bad header\n", TEXT, close=True)
+                self._refuse(400, b"bad header\n")
                 return
             headers[name.lower()] = value.strip()
         # No request here has a body; one announced would have to be read or the framing of
         # the next request is lost (RFC 9112 §6.3), so the connection ends.
         if b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0":
-            self._respond(413, b"no request body expected\n", TEXT, close=True)
+            self._refuse(413, b"no request body expected\n")
             return
         connection = headers.get(b"connection", b"").lower()
         close = (
@@ -221,10 +276,15 @@ class _Connection(asyncio.Protocol):
             or self._served + 1 >= self.server.limits.max_requests
         )
         if method not in (b"GET", b"HEAD"):
-            self._respond(405, b"GET or HEAD only\n", TEXT, close=True, allow=True)
+            self._refuse(405, b"GET or HEAD only\n", allow=True)
             return
         status, body, ctype = self.server.answer("GET", target.decode("latin-1"))
         self._respond(status, body, ctype, close=close, head_only=method == b"HEAD")
+
+    def _refuse(self, status: int, body: bytes, *, allow: bool = False) -> None:
+        """A request this server does not serve: said, counted, closed."""
+        self.server.limited(BAD_REQUEST)
+        self._respond(status, body, TEXT, close=True, allow=allow)
 
     def _respond(
         self,
@@ -278,11 +338,17 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self.transport is None:
             return
-        if self._buffer and not self._paused:
+        if self._paused:
+            self.server.limited(SEND_TIMEOUT)
+            self.abort()
+        elif self._buffer:
             # A request began and did not finish in time: say so, then close.
+            self.server.limited(HEADER_TIMEOUT)
             self._respond(408, b"request timeout\n", TEXT, close=True)
             self.abort_later()
         else:
+            # Nothing asked since the connection (a header timeout) or since the last answer.
+            self.server.limited(KEEPALIVE if self._served else HEADER_TIMEOUT)
             self.abort()
 
     def abort_later(self) -> None:

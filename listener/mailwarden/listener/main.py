@@ -109,7 +109,8 @@ async def serve(
             "/healthz": health.healthz,
             "/readyz": health.ready_route(lambda: listener.ready and not shutdown.lame_duck),
             "/status": lambda: figures.response(listener.figures()),
-        }
+        },
+        closed=lambda reason: listener.metrics.metrics_port_closed.labels(reason).inc(),
     )
     await web.start(cfg.metrics.address, cfg.metrics.port)
     reload_now = asyncio.Event()

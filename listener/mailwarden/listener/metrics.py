@@ -114,6 +114,12 @@ class Metrics:
             "1 while the listener drains sessions before exiting.",
             registry=r,
         )
+        self.metrics_port_closed = prom.Counter(
+            "mailwarden_metrics_port_closed",
+            "Connections to the metrics and health port closed by its limits, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.open_files_limit = prom.Gauge(
             "mailwarden_open_files_limit",
             "The process's RLIMIT_NOFILE (soft: in force, raised to hard at start).",

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from mailwarden.listener import config as lc
-from mailwarden.operator import conflicts, listener_config, listeners, models, naming
+from mailwarden.operator import access, conflicts, listener_config, listeners, models, naming
 from mailwarden.operator import settings as settings_mod
 from mailwarden.operator.conditions import Reason
 
@@ -56,6 +56,8 @@ class ListenerChildren:
     disruption_budget: Manifest | None
     # The listener configuration of each running member, by MailService name.
     configs: Mapping[str, lc.ServiceConfig]
+    # ServiceAccount, Role and RoleBinding: the pods may read their own ConfigMap (access.py).
+    access: tuple[Manifest, ...] = ()
 
     @property
     def name(self) -> str:
@@ -63,7 +65,8 @@ class ListenerChildren:
 
     @property
     def all(self) -> list[Manifest]:
-        out = [self.config_map, self.deployment, self.service, self.network_policy]
+        # The pods' ServiceAccount exists before the Deployment that names it.
+        out = [*self.access, self.config_map, self.deployment, self.service, self.network_policy]
         if self.disruption_budget is not None:
             out.append(self.disruption_budget)
         return out
@@ -219,6 +222,7 @@ def build_listener(
         network_policy=network_policy(listener, configs, settings),
         disruption_budget=budget,
         configs=configs,
+        access=tuple(access.objects(listener.name, listener.namespace, _meta(listener))),
     )
 
 
@@ -437,7 +441,12 @@ def deployment(
     # SIGTERM -> the lame duck (readyz 503, still accepting, while endpoints and load
     # balancers' health checks catch up) -> drain -> the kubelet's SIGKILL after this.
     grace = settings.lame_duck_seconds + drain_seconds(listener)
+    api_fields, api_volume, api_mount, api_env = access.pod_spec(listener.name, listener.namespace)
+    volumes.append(api_volume)
+    mounts.append(api_mount)
+    container["env"] = [api_env]
     pod_spec: Manifest = {
+        **api_fields,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": grace + settings.termination_margin_seconds,

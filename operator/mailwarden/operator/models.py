@@ -674,6 +674,15 @@ class MailServiceStatus(_Status):
             "cluster IP; <pending> until assigned."
         ),
     )
+    listeners: list[Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=list,
+        max_length=17,
+        description=(
+            "The listener Deployments serving it: one per fixed address (shared with the "
+            "other MailServices on it) and its own for ports without one. Their pods carry the "
+            "label mailwarden.io/listener=<name>."
+        ),
+    )
     effective_max_connections_per_pod: int | None = Field(
         default=None,
         ge=0,

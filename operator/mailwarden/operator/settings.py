@@ -270,6 +270,12 @@ class Settings:
             raise SettingsError(
                 f"MAILWARDEN_FIGURES_TIMEOUT: {figures_timeout:g} is not between 0 and 30 seconds"
             )
+        lame_duck = env.get("MAILWARDEN_LISTENER_LAME_DUCK_SECONDS", str(default.lame_duck_seconds))
+        if not lame_duck.isdigit() or not 0 <= int(lame_duck) <= 300:
+            raise SettingsError(
+                f"MAILWARDEN_LISTENER_LAME_DUCK_SECONDS: {lame_duck!r} is not a number of seconds "
+                "from 0 to 300"
+            )
         concurrency = env.get("MAILWARDEN_FIGURES_CONCURRENCY", str(default.figures_concurrency))
         if not concurrency.isdigit() or not 1 <= int(concurrency) <= 1000:
             raise SettingsError(
@@ -288,6 +294,7 @@ class Settings:
             figures_concurrency=int(concurrency),
             resync_seconds=resync,
             operator_namespace=operator_namespace,
+            lame_duck_seconds=int(lame_duck),
         )
 
 

@@ -252,7 +252,7 @@ def facts(
     assigned, pending = addresses(built, services or {})
     return Facts(
         generation=msvc.metadata.generation or 0,
-        running=built.running and bool(built.listeners),
+        running=built.running,
         replicas=sum(wanted),
         resolution=built.rendered.resolution,
         lost=lost,
@@ -425,6 +425,7 @@ def mailservice(
         "effectiveMaxConnectionsPerPod": built.rendered.service.max_connections,
         "endpoints": list(f.assigned),
         "address": address_of(f),
+        "listeners": [lst.name for lst in built.listeners],
         "conditions": warning_condition(built, conds, gen, timestamp),
     }
     # The live figures are written by the poller (reconcile.figures), not here; keep them.

@@ -139,12 +139,49 @@ app.kubernetes.io/managed-by: mailwarden-operator
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
 # Listener pods (by label, server-side): why their containers wait (CrashLoopBackOff,
-# ImagePullBackOff) reaches the MailService's status; a configuration change annotates them
-# so that the kubelet refreshes the mounted ConfigMap at once (nothing restarts).
+# ImagePullBackOff) reaches the MailService's status, and where to read live figures. Never
+# patched: pods follow their ConfigMap through the API (below), not by a nudge.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, patch]
+  verbs: [list, watch]
+# Each listener's pods run as a ServiceAccount of their own that may read only their own
+# ConfigMap (a Role with resourceNames). Creating that Role needs no escalation: the operator
+# holds configmaps get/list/watch itself.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/*
+  What the operator creates, changes and deletes besides its own custom resources and Events:
+  the kinds the admission policy (rbac.admissionPolicy) limits to objects it manages. A test
+  holds this list to the write verbs of mailwarden.namespacedRules.
+*/}}
+{{- define "mailwarden.managedResources" -}}
+- apiGroups: [""]
+  apiVersions: ["*"]
+  resources: [configmaps, services, serviceaccounts]
+  operations: [CREATE, UPDATE, DELETE]
+- apiGroups: [apps]
+  apiVersions: ["*"]
+  resources: [deployments]
+  operations: [CREATE, UPDATE, DELETE]
+- apiGroups: [networking.k8s.io]
+  apiVersions: ["*"]
+  resources: [networkpolicies]
+  operations: [CREATE, UPDATE, DELETE]
+- apiGroups: [policy]
+  apiVersions: ["*"]
+  resources: [poddisruptionbudgets]
+  operations: [CREATE, UPDATE, DELETE]
+- apiGroups: [rbac.authorization.k8s.io]
+  apiVersions: ["*"]
+  resources: [roles, rolebindings]
+  operations: [CREATE, UPDATE, DELETE]
 {{- end }}
