@@ -823,6 +823,82 @@ def _figures_phases(
         fake.stop()
 
 
+def figures_only(scale: Scale, *, progress: bool = True) -> list[Window]:
+    """The live figures' polling alone (bench/figures_poller.py, the operator's polling code
+    in a process of its own) against the emulator holding the MailServices and one fake pod
+    each: the first round writes every MailService's figures, then a window with constant
+    figures and one with figures changing on every poll."""
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    groups, services, _ = plan(scale)
+    et = EmulatorThread(emulator_class=CountingEmulator).start()
+    try:
+        r = Run(et)
+        asyncio.run(_create_all(et.url, groups + services))
+        pods, served = fake_pods(services)
+        fake = FakeStatus(served).start()
+        try:
+            asyncio.run(_create_all(et.url, pods))
+            say(f"created {len(services)} MailServices and {len(pods)} pods")
+            total = scale.figures_period + 2 * scale.figures_window + 5
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.figures_poller", et.url,
+                 f"{scale.figures_period:g}", f"{total:g}"],
+                env=env, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert proc.stdout is not None
+                first = json.loads(proc.stdout.readline() or "{}")
+                say(f"first round: {first}")
+                windows = []
+                for changing in (False, True):
+                    fake.changing = changing
+                    base, asked, cpu = r.counts(), fake.requests, cpu_seconds(proc.pid)
+                    t = time.monotonic()
+                    time.sleep(scale.figures_window)
+                    windows.append(
+                        Window(
+                            "figures changing" if changing else "figures constant",
+                            time.monotonic() - t,
+                            fake.requests - asked,
+                            r.counts() - base,
+                            cpu_seconds(proc.pid) - cpu,
+                        )
+                    )
+                    say(f"{windows[-1].name}: {windows[-1].status_requests} /status requests")
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        finally:
+            fake.stop()
+    finally:
+        et.stop()
+    return windows
+
+
+def figures_report(scale: Scale, windows: list[Window]) -> str:
+    lines = [
+        f"live figures alone (bench/figures_poller.py): {scale.services} MailServices, one "
+        f"pod each, {scale.namespaces} namespaces, a round every {scale.figures_period:g} s; "
+        f"per minute over {scale.figures_window:g} s",
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load average "
+        f"{os.getloadavg()[0]:.1f}",
+        "",
+    ]
+    for w in windows:
+        writes = w.requests.get(("patch/status", "mailservices"), 0)
+        other = sum(w.requests.values()) - writes
+        lines.append(f"{w.name + ': GET /status':<52}{w.per_minute(w.status_requests):>14.0f}")
+        lines.append(f"{w.name + ': API requests, not writes':<52}{w.per_minute(other):>14.0f}")
+        lines.append(f"{w.name + ': status writes':<52}{w.per_minute(writes):>14.0f}")
+        lines.append(f"{w.name + ': poller CPU s':<52}{w.per_minute(w.operator_cpu_s):>14.2f}")
+    return "\n".join(lines)
+
+
 # -- the report ----------------------------------------------------------------------------
 
 
@@ -910,12 +986,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="N MailServices (namespaces, groups, users scaled)")  # fmt: skip
     parser.add_argument("--no-figures", action="store_true",
                         help="skip the live figures windows")  # fmt: skip
+    parser.add_argument("--figures-only", action="store_true",
+                        help="only the live figures' polling, no operator")  # fmt: skip
     parser.add_argument("--profile", type=pathlib.Path, metavar="FILE",
                         help="py-spy samples of this operator (collapsed stacks)")  # fmt: skip
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the operator subprocess is stopped too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     scale = dataclasses.replace(SMOKE if args.smoke else FULL, unrelated=args.unrelated)
+    if args.figures_only:
+        print(figures_report(scale, figures_only(scale)), flush=True)
+        return 0
     if args.services:
         n = args.services
         scale = dataclasses.replace(

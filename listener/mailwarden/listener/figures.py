@@ -37,7 +37,7 @@ class RefusalWindow:
     leaves the window between 295 and 300 s after it happened). Single-threaded, like the
     event loop that feeds it."""
 
-    __slots__ = ("_buckets", "_clock", "_epoch", "_width")
+    __slots__ = ("_buckets", "_clock", "_edge", "_epoch", "_row", "_width")
 
     def __init__(
         self,
@@ -50,28 +50,34 @@ class RefusalWindow:
         self._clock = clock
         self._buckets = [[0] * len(REFUSALS) for _ in range(max(1, round(window / bucket)))]
         self._epoch = int(clock() // bucket)
+        # The current bucket, and when the next one starts: the hot path compares one clock
+        # reading with `_edge` and increments a slot of `_row`, nothing more.
+        self._row = self._buckets[self._epoch % len(self._buckets)]
+        self._edge = (self._epoch + 1) * bucket
 
     def add(self, slot: int) -> None:
         """Count one refusal of outcome REFUSALS[slot] now."""
-        epoch = int(self._clock() // self._width)
-        if epoch != self._epoch:
-            self._advance(epoch)
-        self._buckets[epoch % len(self._buckets)][slot] += 1
+        if self._clock() >= self._edge:
+            self._advance()
+        self._row[slot] += 1
 
-    def _advance(self, epoch: int) -> None:
-        """Zero the buckets of the epochs the clock skipped (all of them after a long quiet)."""
+    def _advance(self) -> None:
+        """Move to the bucket of now, zeroing those of the epochs the clock skipped (all of
+        them after a long quiet)."""
+        epoch = int(self._clock() // self._width)
         n = len(self._buckets)
         for e in range(max(self._epoch + 1, epoch - n + 1), epoch + 1):
             row = self._buckets[e % n]
             for i in range(len(row)):
                 row[i] = 0
         self._epoch = epoch
+        self._row = self._buckets[epoch % n]
+        self._edge = (epoch + 1) * self._width
 
     def totals(self) -> dict[str, int]:
         """Refusals per outcome label over the window, as of now."""
-        epoch = int(self._clock() // self._width)
-        if epoch != self._epoch:
-            self._advance(epoch)
+        if self._clock() >= self._edge:
+            self._advance()
         return {name: sum(row[i] for row in self._buckets) for i, name in enumerate(REFUSALS)}
 
 
@@ -92,7 +98,11 @@ class Counted:
 
     def inc(self, amount: float = 1) -> None:
         self._counter.inc(amount)
-        self._window.add(self._slot)
+        # RefusalWindow.add, inlined: this runs for every refused connection of a flood.
+        window = self._window
+        if window._clock() >= window._edge:
+            window._advance()
+        window._row[self._slot] += 1
 
 
 @dataclasses.dataclass(frozen=True)

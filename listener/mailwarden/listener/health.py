@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -119,9 +120,7 @@ class HealthServer:
 
     async def start(self, host: str | None, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host=host or "0.0.0.0", port=port, reuse_address=True
-        )
+        self._server = await loop.create_server(lambda: _Connection(self), sock=_bound(host, port))
 
     @property
     def port(self) -> int:
@@ -154,6 +153,25 @@ class HealthServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1)
+
+
+def _bound(host: str | None, port: int) -> socket.socket:
+    """A listening socket on an IP address (None: every IPv4 address). Made here rather than
+    by the event loop: uvloop resolves a host given as text through getaddrinfo, encoding it
+    with the IDNA codec first, which imports unicodedata and stringprep into the process
+    (about 0.5 MiB) for what is always a numeric address."""
+    address = host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Connection(asyncio.Protocol):

@@ -23,7 +23,6 @@ LINE_LIMIT bytes, a server-side timeout on each watch, and backoff between failu
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
@@ -33,9 +32,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailwarden.listener import config
+
+if TYPE_CHECKING:
+    import http.client
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,11 @@ class ApiSource:
         self._stop.set()
 
     def _run(self) -> None:
+        # Imported here, in the thread that follows the API: http.client brings the email
+        # package with it (about 1 MiB of RSS), which a listener without an API to follow
+        # (a host, a pod without the token) never needs.
+        import http.client
+
         delay = 1.0
         failing = False
         while not self._stop.is_set():
@@ -216,6 +223,8 @@ class ApiSource:
     def _request(
         self, path: str, *, timeout: float
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        import http.client  # see _run
+
         url = urllib.parse.urlsplit(self.api_url)
         conn: http.client.HTTPConnection
         if url.scheme == "https":
