@@ -24,6 +24,15 @@ def test_the_smoke_run_reaches_steady_state_fans_out_a_group_change_and_goes_qui
         assert phase.residual_rps < 1.0, phase
         assert phase.total > 0
     assert 0 < res.rss_steady <= res.rss_peak
+    # Issue 10 point 9: at most 6 API requests per reconciliation while reaching steady state
+    # (children compared with the watch's copy, not read again), and at most 2 Events per
+    # MailService at creation (one for what was created, one when it runs).
+    steady = res.steady
+    assert steady.total / steady.reconciles <= 6.0, steady.requests
+    assert steady.requests[("create", "events")] <= 2 * res.services, steady.requests
+    # Nothing read per child: no GET of a child kind for each reconciliation.
+    for kind in ("configmaps", "deployments", "services", "networkpolicies"):
+        assert steady.requests.get(("get", kind), 0) <= res.services // 4, (kind, steady.requests)
     # Live figures: every pod asked each round; constant figures are never written again,
     # changing ones are.
     constant, changing = res.figures

@@ -65,18 +65,32 @@ async def ensure(
     desired: Mapping[str, Any],
     owner_alive: Guard | None = None,
     guard: Check | None = None,
+    *,
+    known: Mapping[str, Any] | None = None,
+    absent: bool = False,
 ) -> tuple[Action, dict[str, Any]]:
     """owner_alive is asked before creating: a child found missing may be the garbage
     collector's work after its owner was deleted, which the caller may not know yet. guard
-    is asked before changing an object that exists; NotOurs when it objects."""
+    is asked before changing an object that exists; NotOurs when it objects.
+
+    known: the live object as the caller already knows it (from its watch): no GET. absent:
+    the caller's watch has not seen the object, so it is created at once (a GET only if the
+    API server says it exists after all)."""
     path = kube.path_of(desired)
-    live = await api.get(path)
+    live: dict[str, Any] | None
+    if known is not None:
+        live = dict(known)
+    elif absent:
+        created = await _create(api, desired, owner_alive, path, tolerate_exists=True)
+        if created is not None:
+            return "created", created
+        live = await api.get(path)
+    else:
+        live = await api.get(path)
     if live is None:
-        if owner_alive is not None and not await owner_alive():
-            raise OwnerGone(path)
-        meta = desired["metadata"]
-        coll = kube.collection(desired["apiVersion"], desired["kind"], meta.get("namespace"))
-        return "created", await api.create(coll, desired)
+        created = await _create(api, desired, owner_alive, path, tolerate_exists=False)
+        assert created is not None
+        return "created", created
     if guard is not None and (why := guard(live, desired)):
         raise NotOurs(why)
     if contains(live, desired):
@@ -84,6 +98,26 @@ async def ensure(
     # A merge patch of the whole manifest: lists are replaced, so hand-added containers,
     # ports or rules go away too; keys we never set stay.
     return "updated", await api.patch(path, dict(desired))
+
+
+async def _create(
+    api: kube.Api,
+    desired: Mapping[str, Any],
+    owner_alive: Guard | None,
+    path: str,
+    *,
+    tolerate_exists: bool,
+) -> dict[str, Any] | None:
+    if owner_alive is not None and not await owner_alive():
+        raise OwnerGone(path)
+    meta = desired["metadata"]
+    coll = kube.collection(desired["apiVersion"], desired["kind"], meta.get("namespace"))
+    try:
+        return await api.create(coll, desired)
+    except kube.ApiError as exc:
+        if tolerate_exists and exc.status == 409:
+            return None  # it exists after all: the caller reads it
+        raise
 
 
 def owned_by(obj: Mapping[str, Any], msvc_name: str, uid: str | None) -> bool:

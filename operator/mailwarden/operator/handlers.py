@@ -213,16 +213,20 @@ async def child_changed(
     type: str | None,
     namespace: str,
     labels: Mapping[str, str],
+    resource: kopf.Resource,
     memo: kopf.Memo,
     mailservices: kopf.Index[Any, Any],
     ipaddressgroups: kopf.Index[Any, Any],
     listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
+    if type != "DELETED":
+        # What reconciliations compare against instead of reading each child again.
+        memo.ctx.remember({**_deep_copy(body), "kind": body.get("kind") or resource.kind})
     if type is None:
         return  # the initial listing: the MailServices' own resume handlers cover it
     if type == "DELETED":
-        memo.ctx.forget_child(body)
+        memo.ctx.forget_child({**_deep_copy(body), "kind": body.get("kind") or resource.kind})
     elif memo.ctx.already_seen(body):
         return  # the echo of a version a finished reconciliation already worked from
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
@@ -415,5 +419,6 @@ async def _resync(
         world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
         for group in world.groups.values():
             await _quietly(reconcile.ip_address_group(ctx, group, world))
+        # Read from the API, not the watch's cache: a periodic check that nothing was missed.
         for msvc in world.services.values():
-            await _quietly(reconcile.mailservice(ctx, msvc, world))
+            await _quietly(reconcile.mailservice(ctx, msvc, world, fresh=True))

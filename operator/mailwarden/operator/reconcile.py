@@ -8,9 +8,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 
@@ -78,13 +80,14 @@ class World:
     ) -> list[conflicts.Claimant]:
         """Every MailService's fixed-address claims, with the cluster-wide defaults applied
         (a service left to a ClusterIP default claims nothing)."""
-        defaults = defaults or settings_mod.ListenerDefaults()
+        defaults = defaults or _NO_DEFAULTS
         out = []
         for body in self.services.values():
-            msvc = parse_mailservice(body)
-            if msvc is not None and not body.get("metadata", {}).get("deletionTimestamp"):
-                msvc = children.with_defaults(msvc, defaults)
-                out.append(conflicts.claimant(msvc, created(body)))
+            if body.get("metadata", {}).get("deletionTimestamp"):
+                continue
+            found = defaulted(body, defaults)
+            if found is not None:
+                out.append(found[1])
         return out
 
     def members(
@@ -98,22 +101,24 @@ class World:
         see it: defaults applied, with the claims it lost to older MailServices (of any
         namespace: an address is one address cluster-wide). addresses: only those naming
         one of these fixed addresses (the ones that can share a listener with them)."""
-        defaults = defaults or settings_mod.ListenerDefaults()
+        defaults = defaults or _NO_DEFAULTS
         if claimants is None:
             claimants = self.claimants(defaults)
         out = []
         for (ns, _), body in self.services.items():
             if ns != namespace or (body.get("metadata") or {}).get("deletionTimestamp"):
                 continue
-            msvc = parse_mailservice(body)
-            if msvc is None:
+            parsed = parse_mailservice(body)
+            if parsed is None:
                 continue
             if addresses is not None and not addresses & {
-                a for a, _ in msvc.spec.endpoints() if a is not None
+                a for a, _ in parsed.spec.endpoints() if a is not None
             }:
                 continue  # cheap, before the defaults: most MailServices share nothing
-            msvc = children.with_defaults(msvc, defaults)
-            me = conflicts.claimant(msvc, created(body))
+            found = defaulted(body, defaults)
+            if found is None:
+                continue
+            msvc, me = found
             lost = conflicts.lost(me, claimants) if me.claims else {}
             out.append(listeners.Member(msvc, created(body), lost))
         return out
@@ -223,6 +228,38 @@ def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
 
 def forget_parsed(key: Key) -> None:
     _parsed.pop(key, None)
+    _defaulted.pop(key, None)
+
+
+_NO_DEFAULTS = settings_mod.ListenerDefaults()
+
+# (namespace, name) -> (resourceVersion, the defaults, the MailService with them applied, its
+# claims): every reconciliation looks at every MailService's claims (an address is one
+# address cluster-wide), which made applying defaults to all of them most of the operator's
+# CPU at a thousand MailServices (profiled with py-spy).
+_defaulted: dict[
+    Key, tuple[str, settings_mod.ListenerDefaults, models.MailService, conflicts.Claimant]
+] = {}
+
+
+def defaulted(
+    body: Mapping[str, Any], defaults: settings_mod.ListenerDefaults
+) -> tuple[models.MailService, conflicts.Claimant] | None:
+    """The MailService of `body` with the cluster-wide defaults applied, and its claims
+    (None: an invalid spec)."""
+    key = _key(body)
+    version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    hit = _defaulted.get(key)
+    if version and hit is not None and hit[0] == version and hit[1] is defaults:
+        return hit[2], hit[3]
+    msvc = parse_mailservice(body)
+    if msvc is None:
+        return None
+    msvc = children.with_defaults(msvc, defaults)
+    claimant = conflicts.claimant(msvc, created(body))
+    if version:
+        _defaulted[key] = (version, defaults, msvc, claimant)
+    return msvc, claimant
 
 
 def _msvc_document(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,6 +353,51 @@ class Context:
         meta = child.get("metadata") or {}
         key = (str(child.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
         self.seen_children.pop(key, None)
+        self.live.pop(key, None)
+
+    # (kind, namespace, name) -> the live child as its watch (or the operator's own write)
+    # last showed it, as compact JSON: reconciliations compare against it instead of GETting
+    # every child every time. Only the watched kinds (WATCHED); the periodic resync reads
+    # afresh, which also covers the unwatched ServiceAccounts, Roles and RoleBindings.
+    live: dict[tuple[str, str, str], bytes] = dataclasses.field(default_factory=dict)
+    # The MailServices reconciled since start-up with the cache trusted for their listeners.
+    warmed: set[Key] = dataclasses.field(default_factory=set)
+    # Unwatched children (ServiceAccount, Role, RoleBinding) by (kind, namespace, name): a
+    # digest of the manifest this operator last applied.
+    applied: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
+
+    def remember(self, obj: Mapping[str, Any]) -> None:
+        kind = str(obj.get("kind"))
+        if kind not in WATCHED:
+            return
+        meta = obj.get("metadata") or {}
+        key = (kind, str(meta.get("namespace")), str(meta.get("name")))
+        old = self.live.get(key)
+        version = str(meta.get("resourceVersion") or "")
+        if old is not None and version.isdigit():
+            # An event older than what a write of ours already returned changes nothing.
+            known = json.loads(old).get("metadata", {}).get("resourceVersion", "")
+            if str(known).isdigit() and int(known) > int(version):
+                return
+        self.live[key] = json.dumps(obj, separators=(",", ":")).encode()
+
+    def recall(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        data = self.live.get((kind, namespace, name))
+        if data is None:
+            return None
+        obj: dict[str, Any] = json.loads(data)
+        return obj
+
+
+# How a reconciliation reads the children it applies. "cached": the watch's copy of each
+# watched child, no GET (a child never seen is created at once); "create-first": GET the
+# children seen, create the others at once (a new spec, or the first pass since start-up);
+# "fresh": GET every child (the periodic resync).
+Mode = Literal["cached", "create-first", "fresh"]
+
+# The child kinds the operator watches (handlers.child_changed): their cache entries follow
+# every change, so an entry that is missing means the object is missing.
+WATCHED = frozenset({"Deployment", "ConfigMap", "Service", "NetworkPolicy", "PodDisruptionBudget"})
 
 
 async def mailservice(
@@ -324,9 +406,11 @@ async def mailservice(
     world: World,
     *,
     unless_seen: Mapping[str, Any] | None = None,
+    fresh: bool = False,
 ) -> None:
     """unless_seen: the child whose event asked for this; if a reconciliation that ran while
-    this one waited for the lock already saw that version of it, there is nothing to do."""
+    this one waited for the lock already saw that version of it, there is nothing to do.
+    fresh: read every child from the API rather than from the watch's cache (the resync)."""
     key = _key(body)
     async with ctx.locks(key):
         if unless_seen is not None and ctx.already_seen(unless_seen):
@@ -338,7 +422,7 @@ async def mailservice(
         body = world.services[key]
         with metrics.reconcile("MailService") as result:
             try:
-                affected = await _mailservice(ctx, body, world)
+                affected = await _mailservice(ctx, body, world, fresh)
             except InvalidSpec:
                 result[0] = metrics.INVALID
                 raise
@@ -353,7 +437,9 @@ async def mailservice(
                 logger.warning("reconciling %s/%s after a shared change failed: %s", *other, exc)
 
 
-async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> set[Key]:
+async def _mailservice(
+    ctx: Context, body: Mapping[str, Any], world: World, fresh: bool = False
+) -> set[Key]:
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return set()  # going away: the garbage collector takes the children
@@ -399,9 +485,14 @@ async def _mailservice(ctx: Context, body: Mapping[str, Any], world: World) -> s
     plan = listeners.plan([*others, member])
     seen: dict[tuple[str, str, str], str] = {}
     try:
+        # The cache is trusted once this MailService was reconciled from the API since
+        # start-up and its spec did not change since (an address may have moved).
+        cached = not fresh and not new_generation and _key(body) in ctx.warmed
+        mode: Mode = "fresh" if fresh else "cached" if cached else "create-first"
         affected = await _apply_children(
-            ctx, body, member, plan, world, old_status, new_generation, seen, previous
+            ctx, body, member, plan, world, old_status, new_generation, seen, previous, mode
         )
+        ctx.warmed.add(_key(body))
     except BaseException:
         # The next event of these children must reconcile again: this one did not finish.
         for key, version in seen.items():
@@ -468,6 +559,7 @@ async def _apply_children(
     new_generation: bool,
     seen: dict[tuple[str, str, str], str],
     previous: set[str],
+    mode: Mode = "fresh",
 ) -> set[Key]:
     meta = body.get("metadata") or {}
     msvc = member.msvc
@@ -516,7 +608,15 @@ async def _apply_children(
                     changed = await _remove_listener(ctx, body, namespace, name)
                 else:
                     changed = await _apply_listener(
-                        ctx, body, lst, owner_alive, seen, live_deployments, live_services, errors
+                        ctx,
+                        body,
+                        lst,
+                        owner_alive,
+                        seen,
+                        live_deployments,
+                        live_services,
+                        errors,
+                        mode,
                     )
             except apply.OwnerGone:
                 logger.info("%s/%s is gone; not recreating its children", *_key(body))
@@ -576,15 +676,39 @@ async def _apply_listener(
     live_deployments: dict[str, Mapping[str, Any]],
     live_services: dict[str, Mapping[str, Any]],
     errors: _Errors,
+    mode: Mode = "fresh",
 ) -> bool:
     """Make one listener's children match; True when any changed. A child the API server
-    refuses is recorded in `errors` and the others are still applied."""
+    refuses is recorded in `errors` and the others are still applied. One Event for what
+    was written, not one per child. mode: see Mode."""
     namespace = lst.listener.namespace
     changed = False
     had_budget = False
+    written: dict[str, list[str]] = {}
     for child in lst.all:
+        kind, name = child["kind"], child["metadata"]["name"]
+        known = ctx.recall(kind, namespace, name) if kind in WATCHED else None
+        digest = ""
+        if kind not in WATCHED:
+            # Not watched (ServiceAccount, Role, RoleBinding): unchanged since this operator
+            # last applied it is taken on trust until the periodic resync reads it afresh.
+            digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+            if mode == "cached" and ctx.applied.get((kind, namespace, name)) == digest:
+                continue
         try:
-            action, live = await apply.ensure(ctx.api, child, owner_alive, guard=_ours)
+            action, live = await apply.ensure(
+                ctx.api,
+                child,
+                owner_alive,
+                guard=_ours,
+                known=known if mode == "cached" else None,
+                # Watched and never seen, or never applied by this operator: created at once
+                # (read only if it turns out to exist).
+                absent=mode != "fresh"
+                and (
+                    known is None if kind in WATCHED else (kind, namespace, name) not in ctx.applied
+                ),
+            )
         except apply.NotOurs as exc:
             raise Foreign(str(exc)) from None
         except kube.ApiError as exc:
@@ -602,6 +726,10 @@ async def _apply_listener(
             # At once, not at the end: the echo of a write usually arrives before the end.
             key = (child["kind"], namespace, child["metadata"]["name"])
             seen[key] = ctx.seen_children[key] = str(version)
+        if action != "unchanged" or known is None:
+            ctx.remember({**live, "kind": kind})
+        if digest:
+            ctx.applied[(kind, namespace, name)] = digest
         if child["kind"] == "Deployment":
             live_deployments[lst.name] = live
         if child["kind"] == "Service":
@@ -609,17 +737,17 @@ async def _apply_listener(
         if action != "unchanged":
             changed = True
             metrics.WRITES.labels(child["kind"], action).inc()
-            await events.post(
-                ctx.api,
-                body,
-                "Normal",
-                action.capitalize(),
-                f"{action} {child['kind']} {child['metadata']['name']}",
-            )
+            written.setdefault(action, []).append(kind)
             if child["kind"] == "Deployment":
                 # Scaled (or changed): a budget of when it had more replicas may be left.
                 had_budget = True
-    if lst.disruption_budget is None and had_budget:
+    for done, kinds in written.items():
+        await events.post(
+            ctx.api, body, "Normal", done.capitalize(), f"{done} {', '.join(kinds)} {lst.name}"
+        )
+    # A budget left from when the listener had more replicas (the watch knows of it).
+    left = mode == "fresh" or ctx.recall("PodDisruptionBudget", namespace, lst.name) is not None
+    if lst.disruption_budget is None and had_budget and left:
         gone = await _delete_ours(ctx, namespace, "policy/v1", "PodDisruptionBudget", lst.name)
         if gone:
             await events.post(
@@ -665,6 +793,7 @@ async def _remove_listener(
     children go."""
     changed = False
     for api_version, kind in LISTENER_KINDS:
+        ctx.applied.pop((kind, namespace, name), None)
         if await _delete_ours(ctx, namespace, api_version, kind, name):
             changed = True
             await events.post(ctx.api, body, "Normal", "Deleted", f"deleted {kind} {name}")
