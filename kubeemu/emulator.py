@@ -417,6 +417,9 @@ class Emulator(kmock.KubernetesEmulator):
         await self._publish(request.resource, "MODIFIED", new)
         if request.subresource is None:
             await self._play_controllers(request, key)
+            was = (old.get("spec") or {}).get("type") == "LoadBalancer"
+            if _is_services(request) and was and not self._is_load_balancer(key):
+                await self.assign_load_balancers()  # its address goes back to the pool
         return new
 
     async def _delete(self, request: rendering.Request, old: dict[str, Any]) -> dict[str, Any]:
@@ -434,7 +437,7 @@ class Emulator(kmock.KubernetesEmulator):
         await self._publish(request.resource, "DELETED", old)
         if self.pods is not None:
             await self.pods.deleted(str(request.resource.plural), key[1], key[2])
-        if _is_services(request):
+        if _is_services(request) and (old.get("spec") or {}).get("type") == "LoadBalancer":
             await self.assign_load_balancers()
         return old
 
@@ -461,7 +464,7 @@ class Emulator(kmock.KubernetesEmulator):
         res = request.resource
         if (res.group, res.plural) == ("apps", "deployments") and self.deployment_controller:
             await self._roll_out(key)
-        if _is_services(request):
+        if _is_services(request) and self._is_load_balancer(key):
             await self.assign_load_balancers()
         if self.pods is not None:
             await self.pods.changed(str(res.plural), key)
@@ -485,41 +488,29 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- MetalLB's controller (kubeemu/loadbalancer.py) -------------------------------
 
-    def services(self) -> list[dict[str, Any]]:
-        """Every live Service of type LoadBalancer (the only ones MetalLB looks at), in
-        creation order."""
-        return [copy.deepcopy(self._objects[key].raw) for key in self._lb_keys()]
+    def _load_balancers(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Every live LoadBalancer Service (key, stored body: not to be changed), in creation
+        order."""
+        return [
+            (key, obj.raw)
+            for key, obj in self._objects.items()
+            if key[0].plural == "services"
+            and not key[0].group
+            and not obj.deleted
+            and (obj.raw.get("spec") or {}).get("type") == "LoadBalancer"
+        ]
 
-    def _lb_keys(self) -> list[Any]:
-        """The keys of the live LoadBalancer Services and of those still showing an address,
-        from the index by resource: a cluster with thousands of other Services (the operator
-        benchmark's unrelated objects) must not make every Service write cost them all."""
-        out = []
-        for key in self._keys_of(kmock.resource("v1/services"), None):
-            obj = self._objects[key]
-            if obj.deleted:
-                continue
-            raw = obj.raw
-            if (raw.get("spec") or {}).get("type") == "LoadBalancer" or (
-                (raw.get("status") or {}).get("loadBalancer")
-            ):
-                out.append(key)
-        return out
+    def services(self) -> list[dict[str, Any]]:
+        """Every live LoadBalancer Service, copied, in creation order."""
+        return [copy.deepcopy(raw) for _, raw in self._load_balancers()]
 
     async def assign_load_balancers(self) -> None:
         """Give every LoadBalancer Service the addresses MetalLB would, or none (pending).
-        Called with the emulator's lock held, after every Service write."""
-        keys = self._lb_keys()
-        assigned = self.metallb.assign(
-            [
-                copy.deepcopy(self._objects[k].raw)
-                for k in keys
-                if (self._objects[k].raw.get("spec") or {}).get("type") == "LoadBalancer"
-            ]
-        )
-        for key in keys:
-            obj = self._objects[key]
-            raw = copy.deepcopy(obj.raw)
+        Called with the emulator's lock held, after a write of a LoadBalancer Service."""
+        balancers = self._load_balancers()
+        assigned = self.metallb.assign([raw for _, raw in balancers])
+        for key, stored in balancers:
+            raw = copy.deepcopy(stored)
             name = f"{key[1]}/{key[2]}"
             ips = assigned.get(name, [])
             status = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}
@@ -531,6 +522,10 @@ class Emulator(kmock.KubernetesEmulator):
             raw["metadata"]["resourceVersion"] = self._next_rv()
             self._store(key, raw)
             await self._publish(key[0], "MODIFIED", raw)
+
+    def _is_load_balancer(self, key: Any) -> bool:
+        live = self._live(key)
+        return live is not None and (live.get("spec") or {}).get("type") == "LoadBalancer"
 
     async def reassign_load_balancers(self) -> None:
         """Run MetalLB again (after a test changed its pools or turned it on)."""

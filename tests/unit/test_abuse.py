@@ -172,6 +172,7 @@ def dataclass_replace(policy: abuse.Policy, **changes: object) -> abuse.Policy:
 SPRAY = 1_000_000
 
 
+@pytest.mark.slow  # a million operations: a load check, not a quick one
 def test_a_million_sprayed_addresses_keep_every_table_within_its_capacity_and_fast():
     """An address-spraying attack: one million distinct sources, each connecting and failing
     once, within one minute. The tables stay at their capacity (oldest keys evicted), and the
@@ -200,6 +201,7 @@ def test_a_million_sprayed_addresses_keep_every_table_within_its_capacity_and_fa
     assert elapsed < 30, f"{elapsed:.1f} s for {SPRAY} addresses"
 
 
+@pytest.mark.slow  # a million operations: a load check, not a quick one
 def test_a_million_sprayed_ipv6_addresses_in_one_64_are_one_key():
     guard = abuse.Guard(abuse.Policy(connections_per_minute=10**6 + 1), capacity=16)
     base = int(ipaddress.IPv6Address("2001:db8::"))
@@ -227,6 +229,7 @@ def test_quiet_keys_leave_the_table_as_time_passes():
     assert len(log) == 20  # each new key drops up to eight stale ones
 
 
+@pytest.mark.slow  # a million operations: a load check, not a quick one
 def test_a_high_limit_costs_constant_time_per_connection_from_one_busy_address():
     """One address at 100,000 connections a minute (the highest limit): the window slides
     by moving an index, not by shifting 100,000 times."""

@@ -5,7 +5,6 @@ package so that the listener image carries the listener and nothing of the opera
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pathlib
 import sys
@@ -34,15 +33,39 @@ def command(path: pathlib.Path, *, prog: str = "mailwarden-listener") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    found = _plain(args)
+    if found is None:
+        # Help, or arguments that need argparse's messages (exit 2 for a bad one).
+        found = _parse(args)
+    path, verbose = found
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return command(path)
+
+
+def _plain(args: list[str]) -> tuple[pathlib.Path, bool] | None:
+    """What a pod runs (`--config FILE`, maybe `-v`), read without argparse: argparse and the
+    gettext it imports cost a listener process about 0.5 MiB of RSS for its whole life
+    (docs/decisions/0001-listener-pod-footprint.md). Anything else: None."""
+    rest = [a for a in args if a not in ("-v", "--verbose")]
+    if len(rest) == 2 and rest[0] == "--config" and rest[1] and not rest[1].startswith("-"):
+        return pathlib.Path(rest[1]), len(rest) != len(args)
+    if len(rest) == 1 and rest[0].startswith("--config=") and len(rest[0]) > len("--config="):
+        return pathlib.Path(rest[0].removeprefix("--config=")), len(rest) != len(args)
+    return None
+
+
+def _parse(args: list[str]) -> tuple[pathlib.Path, bool]:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="mailwarden-listener",
         description="Run a mailwarden listener from its rendered configuration file.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--config", required=True, type=pathlib.Path, help="configuration file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return command(args.config)
+    parsed = parser.parse_args(args)
+    return parsed.config, bool(parsed.verbose)
