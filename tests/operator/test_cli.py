@@ -91,8 +91,11 @@ def test_render_refuses_an_invalid_manifest_with_the_field_named(tmp_path: pathl
 
 
 def free_port() -> int:
+    # Free on every address, as the operator's metrics server binds 0.0.0.0: a port free on
+    # 127.0.0.1 alone may be held on another loopback address (the emulator's listener pods
+    # of earlier tests use 127.0.0.x), and the operator would exit with EADDRINUSE.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])
 
 
