@@ -49,9 +49,9 @@ _HANDSHAKE_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError, Runti
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
-    STARTTLS = "starttls"  # the NNTP gate's STARTTLS: the reader's leg is being encrypted
+    STARTTLS = "starttls"  # STARTTLS answered by the gate: the client's leg is being encrypted
     CONNECTING = "connecting"  # admitted; the backend connection is being made
-    GATED = "gated"  # NNTP reader gate in front of the backend
+    GATED = "gated"  # the protocol's gate (the NNTP reader gate) in front of the backend
     RELAY = "relay"
     REFUSING = "refusing"
     CLOSED = "closed"
