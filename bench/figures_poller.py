@@ -11,6 +11,7 @@ Prints one JSON line per round: {"round": n, "cpu_s": CPU time so far, "writes":
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import resource
 import sys
@@ -50,7 +51,11 @@ async def main(url: str, period: float, seconds: float) -> None:
                 seconds=settings.figures_timeout,
                 concurrency=settings.figures_concurrency,
                 http=http,
-                listeners_of=lambda key: world.listener_deployments(key),
+                listeners_of=functools.partial(
+                    world.listener_deployments,
+                    defaults=settings.listener_defaults,
+                    claimants=world.claimants(settings.listener_defaults),
+                ),
             )
             stamp = conditions.now()
             for key, outcome in outcomes.items():

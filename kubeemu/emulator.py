@@ -417,6 +417,9 @@ class Emulator(kmock.KubernetesEmulator):
         await self._publish(request.resource, "MODIFIED", new)
         if request.subresource is None:
             await self._play_controllers(request, key)
+            was = (old.get("spec") or {}).get("type") == "LoadBalancer"
+            if _is_services(request) and was and not self._is_load_balancer(key):
+                await self.assign_load_balancers()  # its address goes back to the pool
         return new
 
     async def _delete(self, request: rendering.Request, old: dict[str, Any]) -> dict[str, Any]:
@@ -434,7 +437,7 @@ class Emulator(kmock.KubernetesEmulator):
         await self._publish(request.resource, "DELETED", old)
         if self.pods is not None:
             await self.pods.deleted(str(request.resource.plural), key[1], key[2])
-        if _is_services(request):
+        if _is_services(request) and (old.get("spec") or {}).get("type") == "LoadBalancer":
             await self.assign_load_balancers()
         return old
 
@@ -461,7 +464,7 @@ class Emulator(kmock.KubernetesEmulator):
         res = request.resource
         if (res.group, res.plural) == ("apps", "deployments") and self.deployment_controller:
             await self._roll_out(key)
-        if _is_services(request):
+        if _is_services(request) and self._is_load_balancer(key):
             await self.assign_load_balancers()
         if self.pods is not None:
             await self.pods.changed(str(res.plural), key)
@@ -485,22 +488,29 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- MetalLB's controller (kubeemu/loadbalancer.py) -------------------------------
 
+    def _load_balancers(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Every live LoadBalancer Service (key, stored body: not to be changed), in creation
+        order."""
+        return [
+            (key, obj.raw)
+            for key, obj in self._objects.items()
+            if key[0].plural == "services"
+            and not key[0].group
+            and not obj.deleted
+            and (obj.raw.get("spec") or {}).get("type") == "LoadBalancer"
+        ]
+
     def services(self) -> list[dict[str, Any]]:
-        """Every live Service, in creation order."""
-        out = []
-        for key, obj in self._objects.items():
-            if key[0].plural == "services" and not key[0].group and not obj.deleted:
-                out.append(copy.deepcopy(obj.raw))
-        return out
+        """Every live LoadBalancer Service, copied, in creation order."""
+        return [copy.deepcopy(raw) for _, raw in self._load_balancers()]
 
     async def assign_load_balancers(self) -> None:
         """Give every LoadBalancer Service the addresses MetalLB would, or none (pending).
-        Called with the emulator's lock held, after every Service write."""
-        assigned = self.metallb.assign(self.services())
-        for key, obj in list(self._objects.items()):
-            if key[0].plural != "services" or key[0].group or obj.deleted:
-                continue
-            raw = copy.deepcopy(obj.raw)
+        Called with the emulator's lock held, after a write of a LoadBalancer Service."""
+        balancers = self._load_balancers()
+        assigned = self.metallb.assign([raw for _, raw in balancers])
+        for key, stored in balancers:
+            raw = copy.deepcopy(stored)
             name = f"{key[1]}/{key[2]}"
             ips = assigned.get(name, [])
             status = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}
@@ -512,6 +522,10 @@ class Emulator(kmock.KubernetesEmulator):
             raw["metadata"]["resourceVersion"] = self._next_rv()
             self._store(key, raw)
             await self._publish(key[0], "MODIFIED", raw)
+
+    def _is_load_balancer(self, key: Any) -> bool:
+        live = self._live(key)
+        return live is not None and (live.get("spec") or {}).get("type") == "LoadBalancer"
 
     async def reassign_load_balancers(self) -> None:
         """Run MetalLB again (after a test changed its pools or turned it on)."""

@@ -41,6 +41,7 @@ Pure over plain dicts, so the tests can also call it on `mailwarden render` outp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import itertools
 from collections.abc import Iterable, Mapping
@@ -141,7 +142,10 @@ class Pool:
     auto_assign: bool = True
 
     def __contains__(self, ip: object) -> bool:
-        return any(isinstance(ip, type(n[0])) and ip in n for n in self.networks)
+        return any(
+            isinstance(ip, IPAddress) and ip.version == n.version and ip in n  # type: ignore[operator]
+            for n in self.networks
+        )
 
     def addresses(self, version: int) -> Iterable[IPAddress]:
         for network in self.networks:
@@ -164,7 +168,8 @@ DEFAULT_POOLS = (
         "127.0.0.0/8",
         auto_assign=False,
     ),
-    pool("auto", "203.0.113.0/24", "2001:db8:ffff::/112"),
+    # Large enough for the operator benchmark's thousands of Services without an address.
+    pool("auto", "203.0.113.0/24", "10.250.0.0/16", "2001:db8:ffff::/112"),
 )
 
 
@@ -185,6 +190,10 @@ class MetalLB:
     enabled: bool = True
     # Service key -> the reason of its last AllocationFailed.
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Service key -> (resourceVersion, use, addresses, as text) of Services holding theirs.
+    _memo: dict[str, tuple[str, _Use, list[IPAddress], list[str]]] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
 
     def handles(self, svc: Mapping[str, Any]) -> bool:
         spec = svc.get("spec") or {}
@@ -197,13 +206,26 @@ class MetalLB:
         namespace/name. Services that already have an address go first, in the order given
         (creation order), then the rest."""
         self.failures = {}
-        ours = [s for s in services if self.handles(s)]
-        holding = [s for s in ours if _ingress(s)]
-        waiting = [s for s in ours if not _ingress(s)]
+        holding, waiting = [], []
+        for svc in services:
+            if self.handles(svc):
+                (holding if _ingress(svc) else waiting).append(svc)
         in_use: dict[IPAddress, list[_Use]] = {}
         result: dict[str, list[str]] = {}
+        memo: dict[str, tuple[str, _Use, list[IPAddress], list[str]]] = {}
         for svc in holding + waiting:
             key = _key(svc)
+            version = str((svc.get("metadata") or {}).get("resourceVersion") or "")
+            last = self._memo.get(key)
+            if version and last is not None and last[0] == version:
+                # Unchanged since it got its address (the emulator's stored object, by its
+                # resourceVersion): it keeps it, as MetalLB keeps a valid assignment.
+                _, use, ips, texts = last
+                for ip in ips:
+                    in_use.setdefault(ip, []).append(use)
+                memo[key] = last
+                result[key] = texts
+                continue
             use = _Use(
                 key,
                 _annotation(svc["metadata"], ANNOTATION_SHARED) or "",
@@ -211,13 +233,17 @@ class MetalLB:
                 _ports(svc),
             )
             ips, error = self._choose(svc, use, in_use)
+            texts = [str(i) for i in ips]
+            if error is None and version and ips and texts == _ingress(svc):
+                memo[key] = (version, use, ips, texts)
             if error is not None:
                 self.failures[key] = f'Failed to allocate IP for "{key}": {error}'
                 result[key] = []
                 continue
             for ip in ips:
                 in_use.setdefault(ip, []).append(use)
-            result[key] = [str(ip) for ip in ips]
+            result[key] = texts
+        self._memo = memo
         return result
 
     def _choose(
@@ -245,20 +271,36 @@ class MetalLB:
                 if why := _conflict(ip, use, in_use):
                     return [], why
             return wanted, None
-        current = [ipaddress.ip_address(i) for i in _ingress(svc)]
+        current = [_address(i) for i in _ingress(svc)]
         if (
             current
             and all(any(ip in p for p in self.pools) for ip in current)
             and not any(_conflict(ip, use, in_use) for ip in current)
         ):
             return current, None
+        # The first address of an auto-assign pool that is free, or in use and shareable
+        # (allocator.go, getIPFromCIDR). Walked as integers: a pool has thousands.
+        used = {int(ip) for ip in in_use if ip.version == family}
         for p in self.pools:
             if not p.auto_assign:
                 continue
-            for ip in p.addresses(family):
-                if not _conflict(ip, use, in_use):
-                    return [ip], None
+            for network in p.networks:
+                if network.version != family:
+                    continue
+                first, last = int(network.network_address), int(network.broadcast_address)
+                if network.num_addresses > 2:
+                    first, last = first + 1, last - 1  # hosts() skips network and broadcast
+                for n in range(first, last + 1):
+                    if n not in used:
+                        return [ipaddress.ip_address(n)], None
+                    if use.sharing and not _conflict(ipaddress.ip_address(n), use, in_use):
+                        return [ipaddress.ip_address(n)], None
         return [], "no available IPs"
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)
 
 
 def _key(svc: Mapping[str, Any]) -> str:

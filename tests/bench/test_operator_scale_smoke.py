@@ -42,3 +42,14 @@ def test_the_smoke_run_reaches_steady_state_fans_out_a_group_change_and_goes_qui
     assert changing.requests.get(("patch/status", "mailservices"), 0) >= res.services, changing
     text = operator_scale.report(res)
     assert "requests by verb and resource" in text
+
+
+def test_the_figures_only_run_reads_every_pod_each_round_and_writes_only_changes() -> None:
+    constant, changing = operator_scale.figures_only(operator_scale.SMOKE, progress=False)
+    rounds = operator_scale.SMOKE.figures_window / operator_scale.SMOKE.figures_period
+    for window in (constant, changing):
+        assert window.status_requests >= operator_scale.SMOKE.services * (rounds - 1), window
+        assert window.operator_cpu_s > 0, window
+    assert constant.requests.get(("patch/status", "mailservices"), 0) == 0, constant
+    assert changing.requests.get(("patch/status", "mailservices"), 0) > 0, changing
+    assert "poller CPU s" in operator_scale.figures_report(operator_scale.SMOKE, [constant])

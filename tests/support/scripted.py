@@ -103,13 +103,36 @@ class ScriptedTransport(asyncio.Transport):
         self._loop.call_soon(lost)
 
 
+class TLSLayer(asyncio.Protocol):
+    """Stands for the TLS layer `start_tls` puts on a transport: records the raw bytes it is
+    given (the ClientHello)."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
 class ScriptedLoop(asyncio.SelectorEventLoop):
-    """A real event loop whose outgoing connections (the session's backend) wait for the
-    test to say how they end."""
+    """A real event loop whose outgoing connections (the session's backend) and TLS
+    handshakes wait for the test to say how they end."""
 
     def __init__(self) -> None:
         super().__init__()
         self.connects: list[tuple[Callable[[], asyncio.BaseProtocol], asyncio.Future[Any]]] = []
+        self.handshakes: list[tuple[TLSLayer, asyncio.Future[Any]]] = []
+
+    async def start_tls(  # type: ignore[override]
+        self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, *_: Any, **__: Any
+    ) -> asyncio.Transport | None:
+        # As asyncio's and uvloop's do on their first step: the TLS layer takes the
+        # transport's data from now on.
+        layer = TLSLayer()
+        transport.set_protocol(layer)
+        fut: asyncio.Future[asyncio.Transport | None] = self.create_future()
+        self.handshakes.append((layer, fut))
+        return await fut
 
     async def create_connection(  # type: ignore[override]
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, **_: Any
@@ -154,7 +177,8 @@ class Script:
 
     def send(self, data: bytes) -> Script:
         assert not self.client.closing, "the client's connection is closed"
-        self.session.data_received(data)
+        # To whichever protocol has the transport now: the session, or a TLS layer.
+        self.client.get_protocol().data_received(data)  # type: ignore[attr-defined]
         return self.settle()
 
     def client_eof(self) -> Script:

@@ -5,11 +5,14 @@ same behaviours with real sockets where the order can be forced."""
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from collections.abc import Iterator
 
 import pytest
 
 from mailwarden.listener import proxyproto, session
+from tests.support import certs
 from tests.support.scripted import Script
 
 HELLO = b"EHLO client.example\r\nQUIT\r\n"
@@ -308,3 +311,52 @@ def test_a_failed_tls_handshake_releases_the_session_without_connection_lost(scr
     assert not s.rt.sessions
     assert s.client.aborted
     assert s.outcome("handshake_failed") == 1
+
+
+def test_commands_pipelined_behind_starttls_are_dropped(scripts, tls_files):
+    """RFC 4642 §2.2.2: nothing may be pipelined behind STARTTLS. A reader that sends
+    STARTTLS and 32 KiB of commands in one segment (more than the gate gets in one slice)
+    hears 382 and nothing else in plain text."""
+    s = script(scripts, "NNTP", tls=tls_files)
+    s.connect().backend_connects().backend_says(GREETING)
+    s.send(b"STARTTLS\r\n" + b"GROUP alt.test\r\n" * 2000)
+    assert s.session.state is session.State.STARTTLS
+    assert s.to_client == GREETING + b"382 Continue with TLS negotiation\r\n"
+    assert s.to_backend == b""
+    assert not s.session._pending  # nothing pipelined is kept for the TLS layer either
+    s.send(HELLO_TLS)
+    [(layer, _)] = s.loop.handshakes
+    assert bytes(layer.received) == HELLO_TLS  # the handshake, and no plain-text command
+
+
+def test_the_handshake_bytes_that_come_before_the_tls_step_begins_reach_the_tls_layer(
+    scripts, tls_files
+):
+    s = script(scripts, "NNTP", tls=tls_files)
+    s.connect().backend_connects().backend_says(GREETING)
+    # Both in one loop turn: the 382 is out, the TLS step has not begun.
+    s.session.data_received(b"STARTTLS\r\n")
+    s.session.data_received(HELLO_TLS)
+    assert s.session.state is session.State.STARTTLS
+    s.settle()
+    [(layer, _)] = s.loop.handshakes
+    assert bytes(layer.received) == HELLO_TLS
+    assert s.to_client == GREETING + b"382 Continue with TLS negotiation\r\n"
+
+
+def _client_hello() -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="news.example")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+HELLO_TLS = _client_hello()
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    cert, key = certs.make_ca().issue("news.example").write(tmp_path)
+    return {"cert_file": str(cert), "key_file": str(key)}

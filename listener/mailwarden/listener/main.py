@@ -96,6 +96,7 @@ async def serve(
     listener = server.Listener(cfg)
     listener.metrics.open_files_limit.labels("soft").set(limits.soft)
     listener.metrics.open_files_limit.labels("hard").set(limits.hard)
+    listener.metrics.open_files.set_function(fdlimit.open_files)
     await listener.start()
     # Everything allocated so far (modules, config, metrics) lives as long as the process:
     # keep it out of the collector's full passes, which otherwise stall every session.

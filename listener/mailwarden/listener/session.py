@@ -49,9 +49,9 @@ _HANDSHAKE_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError, Runti
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
-    STARTTLS = "starttls"  # the NNTP gate's STARTTLS: the reader's leg is being encrypted
+    STARTTLS = "starttls"  # STARTTLS answered by the gate: the client's leg is being encrypted
     CONNECTING = "connecting"  # admitted; the backend connection is being made
-    GATED = "gated"  # NNTP reader gate in front of the backend
+    GATED = "gated"  # the protocol's gate (the NNTP reader gate) in front of the backend
     RELAY = "relay"
     REFUSING = "refusing"
     CLOSED = "closed"
@@ -422,21 +422,25 @@ class ClientConnection(asyncio.Protocol):
         self.tls = True
         self._decide()
 
-    async def _gate_starttls(self, ctx: ssl.SSLContext) -> None:
-        """STARTTLS offered by the NNTP gate: encrypt the reader's leg (the 382 is already
-        on its way); the news server's leg stays as it is."""
-        transport, backend = self.transport, self.backend
-        assert transport is not None and backend is not None
+    def _gate_starttls(self) -> None:
+        """STARTTLS offered by the NNTP gate, the 382 written: from now on the reader's bytes
+        are its TLS handshake (not commands); the news server's leg stays as it is. Done at
+        once, in the callback that wrote the 382, so no byte of the reader is read as a
+        command in between."""
+        backend = self.backend
+        assert backend is not None
         self.state = State.STARTTLS
+        self.phase_started = self.rt.loop.time()
+        # What the reader pipelined behind STARTTLS is dropped (RFC 4642 §2.2.2), as the
+        # gate drops its own rest.
+        if self._pending:
+            self._take_pending()
         # The server has nothing to say until the next command; hold it anyway so nothing
         # can be written into the handshake.
         backend.transport.pause_reading()
-        self.phase_started = self.rt.loop.time()
         # The reader's ClientHello is screened first (tlshello.screen), as for implicit TLS;
         # _screen_hello then starts _gate_upgrade.
         self._hello = True
-        if self._pending:
-            self._screen_hello()
 
     async def _gate_upgrade(self, ctx: ssl.SSLContext) -> None:
         transport, backend = self.transport, self.backend
@@ -635,7 +639,7 @@ class ClientConnection(asyncio.Protocol):
                 self.bytes_up += len(held)
                 self.backend.transport.write(held)
         elif out.start_tls and self.rt.server_tls is not None:
-            self.rt.loop.create_task(self._gate_starttls(self.rt.server_tls))
+            self._gate_starttls()
         if self._eof:
             self._gate_eof()
 
