@@ -52,9 +52,34 @@ def cluster() -> str:
     return context()
 
 
+def listeners_of(msvc: str) -> list[str]:
+    """The listener Deployments serving a MailService, as its status records them (one per
+    fixed address, shared with the other MailServices on it; its own for ports without one)."""
+    status = get("msvc", "-n", MAIL, msvc).get("status") or {}
+    return list(status.get("listeners") or [])
+
+
 def listener_pods(msvc: str) -> list[dict[str, Any]]:
-    pods = get("pods", "-n", MAIL, "-l", f"{LISTENER},mailwarden.io/mailservice={msvc}")["items"]
+    """The pods serving `msvc`: those of its listeners (none when it is stopped, even if the
+    shared pods of its address run for the other MailServices on it)."""
+    if (get("msvc", "-n", MAIL, msvc).get("status") or {}).get("state") == "Stopped":
+        return []
+    names = listeners_of(msvc)
+    if not names:
+        return []
+    selector = f"{LISTENER},mailwarden.io/listener in ({','.join(names)})"
+    pods = get("pods", "-n", MAIL, "-l", selector)["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def shared_ports(msvc: str) -> list[int]:
+    """The ports on the Services of a MailService's listeners (a stopped member's port is
+    not there)."""
+    out: list[int] = []
+    for name in listeners_of(msvc):
+        svc = get("service", "-n", MAIL, name)
+        out += [int(p["port"]) for p in svc["spec"]["ports"]]
+    return sorted(out)
 
 
 def ready(pod: dict[str, Any]) -> bool:
@@ -73,8 +98,10 @@ def test_the_operator_and_every_running_listener_become_ready() -> None:
         assert pods
         spec = pods[0]["spec"]["containers"][0]
         assert spec["securityContext"]["readOnlyRootFilesystem"] is True
-    # The Manual service runs nothing until started.
+    # The Manual service runs nothing until started: on its shared address, the other
+    # services' pods run, without its port.
     assert listener_pods("pop3s") == []
+    assert 995 not in shared_ports("smtp")
 
 
 def test_mail_services_report_ready_for_their_current_generation() -> None:
@@ -270,11 +297,13 @@ def test_starting_the_manual_service_runs_it_and_stopping_it_removes_its_pods() 
     kubectl("-n", MAIL, "annotate", "msvc", "pop3s", "mailwarden.io/state=Running", "--overwrite")
     try:
         until(lambda: [p for p in listener_pods("pop3s") if ready(p)], "pop3s pods")
+        until(lambda: 995 in shared_ports("pop3s"), "995 on the shared Service")
     finally:
         kubectl(
             "-n", MAIL, "annotate", "msvc", "pop3s", "mailwarden.io/state=Stopped", "--overwrite"
         )
     until(lambda: listener_pods("pop3s") == [], "pop3s to stop")
+    until(lambda: 995 not in shared_ports("smtp"), "995 off the shared Service")
 
 
 CHILD_KINDS = "deployments,services,configmaps,networkpolicies"
