@@ -212,8 +212,11 @@ def _mailservice(ns: str, name: str, allow: str | None) -> dict[str, Any]:
 
 
 def _free_port() -> int:
+    # On every address, as the operator binds its metrics port (0.0.0.0): a port free on
+    # 127.0.0.1 may be held on another loopback address (a test client bound to 127.0.0.21
+    # gets an ephemeral port), and the operator's bind then fails.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])
 
 

@@ -7,13 +7,20 @@ every client is served once others leave."""
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 
 import pytest
 
-from tests.support.attack import Deadline, HealthzWatch, close_all, open_clients
-from tests.support.listener import service
+from tests.support.attack import (
+    Deadline,
+    HealthzWatch,
+    ListenerProcess,
+    close_all,
+    open_clients,
+)
+from tests.support.listener import free_port, service
 from tests.support.misbehaving import Behaviour
 
 GREETING = b"220 backend\r\n"
@@ -80,3 +87,45 @@ def test_out_of_descriptors_the_listener_leaves_clients_in_the_backlog_and_says_
     assert "Too many open files" not in lp.log()
     assert lp.wait_metric("mailwarden_accept_paused", 0, timeout=5) == 0
     assert lp.wait_metric("mailwarden_connections_active", 0, service="attack/smtp") == 0
+
+
+@pytest.mark.timeout(120)
+def test_listen_f_under_a_low_limit_never_takes_running_short_for_a_broken_manifest(
+    misbehaving_backend, tmp_path
+):
+    """`mailwarden listen -f` as the issue attacked it: 400 clients under `ulimit -n 256`
+    while the manifest is edited. The starting code logged "configuration refused … Too many
+    open files" and counted a failed reload; now the edit is taken and nothing is refused."""
+    b = misbehaving_backend(Behaviour.GREETER)
+    port = free_port()
+    manifest = tmp_path / "smtp.yaml"
+    text = (
+        "apiVersion: mailwarden.io/v1alpha1\nkind: MailService\n"
+        "metadata: {name: smtp, namespace: attack}\n"
+        f"spec:\n  service: SMTP\n  listen: [{{address: 127.0.0.1, port: {port}}}]\n"
+        f"  backend: {{host: 127.0.0.1, port: {b.port}}}\n"
+    )
+    manifest.write_text(text)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lp = ListenerProcess.for_manifests([manifest], workdir, nofile=256).start()
+    try:
+        clients = open_clients(port, 400, distinct_sources=True, timeout=30)
+        edited = manifest.with_suffix(".new")
+        edited.write_text(text + "# edited under attack\n")
+        os.replace(edited, manifest)
+        served, silent, waiting = [], [], clients
+        deadline = Deadline(60)
+        while waiting and not deadline.expired:
+            greeted, closed, waiting = _sort(waiting, wait=3.0)
+            served += greeted
+            silent += closed
+            close_all(greeted)
+        assert silent == []
+        assert len(served) == 400
+        assert lp.wait_metric("mailwarden_config_reloads_total", 2, result="success") == 2
+        assert lp.metric("mailwarden_config_reloads_total", result="failure") == 0
+        assert "configuration refused" not in lp.log()
+        assert "Too many open files" not in lp.log()
+    finally:
+        lp.stop()

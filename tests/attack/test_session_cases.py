@@ -204,7 +204,7 @@ def test_clients_that_stop_reading_a_blasting_backend_lose_their_slots_at_the_id
         assert lp.wait_metric(ACTIVE, 0, timeout=15, service="attack/smtp") == 0
         took = time.monotonic() - took
         figure("slots free after (idle timeout 2 s)", took, "s")
-        assert took < 2 + 2 + 1
+        assert took < 2 + 2 + 3  # the idle timeout, a sweep, and slack for a busy machine
         with connect(port) as s:
             assert recv_some(s, timeout=5) != OVER_CAP
     finally:
@@ -312,7 +312,7 @@ def test_a_denied_client_trickling_bytes_is_closed_at_the_refusal_timeout_total(
     with connect(lp.port()) as s:
         if kind == "HTTP":
             s.sendall(b"GET / HTTP/1.1\r\n")
-        deadline = Deadline(8)
+        deadline = Deadline(10)
         closed_after = None
         started = time.monotonic()
         while not deadline.expired:
@@ -324,9 +324,9 @@ def test_a_denied_client_trickling_bytes_is_closed_at_the_refusal_timeout_total(
             if eof_within(s, 0.5) is not None:
                 closed_after = time.monotonic() - started
                 break
-        assert closed_after is not None, "still open after 8 s of trickling"
+        assert closed_after is not None, "still open after 10 s of trickling"
         figure(f"{kind} trickler closed after (refusal timeout 2 s)", closed_after, "s")
-        assert closed_after < 2 + 1.5
+        assert closed_after < 2 + 3  # the timeout, a sweep, and slack for a busy machine
 
 
 @pytest.mark.timeout(60)
@@ -360,7 +360,7 @@ def test_a_trusted_balancer_trickling_its_proxy_header_is_cut_at_the_handshake_t
                 break
         assert closed_after is not None, "still open when the header was complete"
         figure("PROXY trickler closed after (handshake timeout 2 s)", closed_after, "s")
-        assert closed_after < 2 + 1.5
+        assert closed_after < 2 + 3  # the timeout, a sweep, and slack for a busy machine
     assert b.connections == 0
     assert lp.metric(TOTAL, service="attack/smtp", outcome="handshake_failed") == 1
 

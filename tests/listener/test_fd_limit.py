@@ -56,6 +56,10 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one_and_both_are_exporte
         _, metrics = get(cfg.metrics.port, "/metrics")
         assert f'mailwarden_open_files_limit{{limit="soft"}} {float(hard)}' in metrics
         assert f'mailwarden_open_files_limit{{limit="hard"}} {float(hard)}' in metrics
+        # And the descriptors held now, read at the scrape (a few sockets and files).
+        held = re.search(r"^mailwarden_open_files (\S+)$", metrics, re.M)
+        assert held is not None
+        assert 3 <= float(held[1]) < 64
     finally:
         proc.terminate()
         proc.wait(10)

@@ -91,8 +91,11 @@ def test_render_refuses_an_invalid_manifest_with_the_field_named(tmp_path: pathl
 
 
 def free_port() -> int:
+    # On every address, as the operator binds its metrics port (0.0.0.0): a port free on
+    # 127.0.0.1 may be held on another loopback address (a test client bound to 127.0.0.21
+    # gets an ephemeral port), and the operator's bind then fails.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])
 
 

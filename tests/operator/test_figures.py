@@ -4,11 +4,14 @@ MailService, and the settings that pace the polling."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 from typing import Any
 
 import pytest
 
-from mailwarden.operator import children, figures, models, naming, settings
+from mailwarden.operator import children, figures, models, naming, poll, settings
 
 
 def answer(name: str = "mail/smtp", active: int = 1, **refusals: int) -> dict[str, Any]:
@@ -169,3 +172,82 @@ def test_the_network_policy_admits_the_operator_to_the_metrics_port() -> None:
         rules = children.build(msvc, {}, settings=quiet).network_policy["spec"]["ingress"]
         assert not any("podSelector" in f for r in rules for f in r.get("from", [])), rules
     assert settings.Settings.from_env({"POD_NAMESPACE": "ops"}).operator_namespace == "ops"
+
+
+def _ask(handler: Any, seconds: float = 1.0) -> Any:
+    """poll.ask against a real TCP server on loopback whose connections `handler` serves."""
+
+    async def run() -> Any:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pod = figures.Pod("mail", "mailwarden-smtp-abc", "127.0.0.1", {})
+        try:
+            async with poll.session(4) as http:
+                return await poll.ask(http, pod, port, seconds)
+        finally:
+            server.close()
+
+    return asyncio.run(run())
+
+
+def _http(body: bytes, status: str = "200 OK", pieces: int = 1) -> Any:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
+        step = max(1, len(body) // pieces)
+        for i in range(0, len(body), step):
+            writer.write(body[i : i + step])
+            await writer.drain()
+            await asyncio.sleep(0.01)  # separate segments
+        writer.close()
+
+    return handle
+
+
+def test_a_pod_answer_cut_into_segments_is_read_whole() -> None:
+    doc = answer(active=4, denied=2)
+    doc["services"].update(
+        {f"mail/s{i}": answer(f"mail/s{i}")["services"][f"mail/s{i}"] for i in range(300)}
+    )
+    got = _ask(_http(json.dumps(doc).encode(), pieces=20))
+    assert isinstance(got, dict), got
+    assert got["mail/smtp"]["active"] == 4 and len(got) == 301
+
+
+@pytest.mark.parametrize(
+    ("handler", "why"),
+    [
+        (_http(b"{}", status="500 Internal Server Error"), "HTTP 500"),
+        (_http(b"<html>not json</html>"), "not a status document"),
+        (_http(b'{"services": {"mail/smtp": {"active": -3}}}'), "not a status document"),
+        (_http(b" " * (poll.MAX_ANSWER + 10)), "answer too long"),
+        (_http(b'{"services": {"' + b"x" * 5000 + b'": 1}}'), "not a status document"),
+    ],
+    ids=["server-error", "not-json", "negative-count", "too-long", "long-name"],
+)
+def test_a_pod_that_answers_something_else_is_named_with_why(handler: Any, why: str) -> None:
+    got = _ask(handler)
+    assert isinstance(got, str) and got.startswith(why), got
+    assert len(got) < 120, got  # it goes into the condition's message
+
+
+def test_a_pod_that_says_nothing_times_out_and_a_closed_port_is_refused() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; returns when the operator gives up and closes
+        writer.close()
+
+    assert _ask(silent, seconds=0.3) == "no answer within 0.3 s"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+
+        async def refused() -> Any:
+            pod = figures.Pod("mail", "p", "127.0.0.1", {})
+            async with poll.session(1) as http:
+                return await poll.ask(http, pod, port, 1.0)
+
+        got = asyncio.run(refused())
+    assert got == "Connection refused", got

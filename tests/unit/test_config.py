@@ -135,13 +135,11 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: pathlib.Path):
         lc.load(path)
 
 
-def test_running_out_of_file_descriptors_is_not_a_broken_configuration(tmp_path: pathlib.Path):
-    """Issue 12, point 5: under EMFILE the starting code reported "configuration refused
-    ... Too many open files" and counted a failed reload."""
+@contextlib.contextmanager
+def _no_descriptors_left():
+    """Every descriptor under a lowered RLIMIT_NOFILE taken, for the block."""
     import resource
 
-    path = tmp_path / "listener.yaml"
-    path.write_text("services: []\n")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     held = []
     try:
@@ -149,15 +147,36 @@ def test_running_out_of_file_descriptors_is_not_a_broken_configuration(tmp_path:
         with contextlib.suppress(OSError):
             while len(held) < 100:
                 held.append(open(os.devnull))  # noqa: SIM115 - held open on purpose
-        with pytest.raises(lc.ConfigUnreadable) as caught:
-            lc.load(path)
-        assert not isinstance(caught.value, lc.ConfigError)
-        assert caught.value.errno == errno.EMFILE
+        yield
     finally:
         for f in held:
             f.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_running_out_of_file_descriptors_is_not_a_broken_configuration(tmp_path: pathlib.Path):
+    """Issue 12, point 5: under EMFILE the starting code reported "configuration refused
+    ... Too many open files" and counted a failed reload."""
+    path = tmp_path / "listener.yaml"
+    path.write_text("services: []\n")
+    with _no_descriptors_left(), pytest.raises(lc.ConfigUnreadable) as caught:
+        lc.load(path)
+    assert not isinstance(caught.value, lc.ConfigError)
+    assert caught.value.errno == errno.EMFILE
     assert lc.load(path).services == ()
+
+
+def test_manifests_that_cannot_be_read_for_want_of_descriptors_are_not_broken(
+    tmp_path: pathlib.Path,
+):
+    from mailwarden.cli.listen import ManifestSource
+
+    path = tmp_path / "mail.yaml"
+    path.write_text("")
+    source = ManifestSource([path])
+    with _no_descriptors_left(), pytest.raises(lc.ConfigUnreadable):
+        source.load()
+    assert source.load().services == ()
 
 
 def test_cidrs_are_normalised_and_host_bits_forgiven():

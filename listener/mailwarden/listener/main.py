@@ -96,6 +96,7 @@ async def serve(
     listener = server.Listener(cfg)
     listener.metrics.open_files_limit.labels("soft").set(limits.soft)
     listener.metrics.open_files_limit.labels("hard").set(limits.hard)
+    listener.metrics.open_files.set_function(fdlimit.open_files)
     await listener.start()
     # Everything allocated so far (modules, config, metrics) lives as long as the process:
     # keep it out of the collector's full passes, which otherwise stall every session.
@@ -124,12 +125,14 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reload_now.set)
     for name, eps in listener.endpoints().items():
         log.info("%s listening on %s", name, ", ".join(f"[{h}]:{p}" for h, p in eps))
-    if started is not None:
-        started(listener)
-
+    # What the files hold now, taken before anyone is told the listener runs: a change made
+    # right after `started` must be seen as one.
     seen = watch.fingerprint(source.paths())
     seen_tls = watch.fingerprint(tls_paths(listener.config))
     unreadable = False
+    if started is not None:
+        started(listener)
+
     stopping = asyncio.ensure_future(shutdown.stop.wait())
     try:
         while not shutdown.stop.is_set():

@@ -126,7 +126,11 @@ class Metrics:
             ["limit"],
             registry=r,
         )
-
+        self.open_files = prom.Gauge(
+            "mailwarden_open_files",
+            "File descriptors the process holds now (compare with mailwarden_open_files_limit).",
+            registry=r,
+        )
         self.fd_shortages = prom.Counter(
             "mailwarden_fd_shortages",
             "Times accepting stopped because file descriptors ran short (new clients wait "

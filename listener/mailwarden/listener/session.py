@@ -49,9 +49,9 @@ _HANDSHAKE_ERRORS = (OSError, ssl.SSLError, TimeoutError, ConnectionError, Runti
 class State(enum.Enum):
     PROXY = "proxy"  # waiting for the PROXY header of a trusted load balancer
     TLS = "tls"  # implicit-TLS handshake in progress
-    STARTTLS = "starttls"  # the NNTP gate's STARTTLS: the reader's leg is being encrypted
+    STARTTLS = "starttls"  # STARTTLS answered by the gate: the client's leg is being encrypted
     CONNECTING = "connecting"  # admitted; the backend connection is being made
-    GATED = "gated"  # NNTP reader gate in front of the backend
+    GATED = "gated"  # the protocol's gate (the NNTP reader gate) in front of the backend
     RELAY = "relay"
     REFUSING = "refusing"
     CLOSED = "closed"
@@ -74,8 +74,8 @@ class Admission(Protocol):
 
 
 class Runtime(Protocol):
-    """What a session needs of the service it belongs to. `service.ServiceRuntime` provides
-    it; the session depends only on this shape, so imports run one way (service -> session)
+    """What a session needs of the service it belongs to. `runtime.ServiceRuntime` provides
+    it; the session depends only on this shape, so imports run one way (runtime -> session)
     and a test can drive a session without the service's sockets."""
 
     loop: asyncio.AbstractEventLoop

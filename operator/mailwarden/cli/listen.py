@@ -40,6 +40,12 @@ class ManifestSource:
             found = manifests.load(self._paths, self.namespace)
         except manifests.ManifestError as exc:
             raise lc.ConfigError(str(exc)) from None
+        except OSError as exc:
+            # Out of file descriptors (or memory) is not a broken manifest: read them again
+            # at the next poll.
+            if exc.errno in lc.EXHAUSTED:
+                raise lc.ConfigUnreadable(exc.errno, f"{exc.filename}: {exc.strerror}") from None
+            raise lc.ConfigError(f"{exc.filename}: {exc.strerror}") from None
         services = []
         self.warnings = []
         for msvc in found.services:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,18 +38,28 @@ async def ask(
             async with http.get(f"http://{host}:{port}/status", allow_redirects=False) as r:
                 if r.status != 200:
                     return f"HTTP {r.status}"
-                body = await r.content.read(MAX_ANSWER + 1)
-        if len(body) > MAX_ANSWER:
-            return "answer too long"
+                # The whole body, however it is cut into segments, up to the bound.
+                body = bytearray()
+                async for chunk in r.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_ANSWER:
+                        return "answer too long"
         return figures.parse(json.loads(body))
     except TimeoutError:
         return f"no answer within {seconds:g} s"
     except aiohttp.ClientConnectorError as exc:
-        return exc.os_error.strerror or str(exc.os_error) or "connection failed"
+        # asyncio words a refusal "Connect call failed (...)"; the errno says it better.
+        errno = exc.os_error.errno
+        return os.strerror(errno) if errno and errno > 0 else str(exc.os_error) or "no connection"
     except aiohttp.ClientError as exc:
-        return str(exc) or type(exc).__name__
+        return _short(str(exc)) or type(exc).__name__
     except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or figures.BadAnswer
-        return f"not a status document ({exc})"
+        # The pod's own words (a service name) go into the condition: bounded.
+        return f"not a status document ({_short(str(exc))})"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def listener_pods(bodies: Iterable[Mapping[str, Any]]) -> dict[str, list[figures.Pod]]:

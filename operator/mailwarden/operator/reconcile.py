@@ -294,6 +294,13 @@ class Context:
     api: kube.Api
     settings: settings_mod.Settings = dataclasses.field(default_factory=settings_mod.Settings)
     locks: Locks = dataclasses.field(default_factory=Locks)
+    # At most this many MailService reconciliations at once (taken after the object's lock,
+    # before any listener lock): a thousand created together would otherwise each hold their
+    # built children and pending requests at the same time, which set the operator's peak
+    # memory, and compete for the same thread pool anyway.
+    running: asyncio.Semaphore = dataclasses.field(
+        default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY)
+    )
     # The status this operator last wrote, by object. It is the only writer of status, and
     # the bodies in its indices can lag behind its own writes by an event.
     written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -395,6 +402,8 @@ class Context:
 # "fresh": GET every child (the periodic resync).
 Mode = Literal["cached", "create-first", "fresh"]
 
+RECONCILE_CONCURRENCY = 16
+
 # The child kinds the operator watches (handlers.child_changed): their cache entries follow
 # every change, so an entry that is missing means the object is missing.
 WATCHED = frozenset({"Deployment", "ConfigMap", "Service", "NetworkPolicy", "PodDisruptionBudget"})
@@ -419,13 +428,16 @@ async def mailservice(
         # when the MailService went away while this waited for its turn.
         if key not in world.services:
             return
-        body = world.services[key]
-        with metrics.reconcile("MailService") as result:
-            try:
-                affected = await _mailservice(ctx, body, world, fresh)
-            except InvalidSpec:
-                result[0] = metrics.INVALID
-                raise
+        async with ctx.running:
+            current = world.services.get(key)  # newer still, after waiting for a turn
+            if current is None:
+                return
+            with metrics.reconcile("MailService") as result:
+                try:
+                    affected = await _mailservice(ctx, current, world, fresh)
+                except InvalidSpec:
+                    result[0] = metrics.INVALID
+                    raise
     # The other members of listeners this changed: their status (replicas, ports, state)
     # follows from what changed, and the operator's own writes do not wake them. After the
     # lock: two members may each be waking the other.
