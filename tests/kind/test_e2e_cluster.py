@@ -13,6 +13,7 @@ import os
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -402,6 +403,44 @@ def test_the_listener_sees_the_client_s_real_address() -> None:
             "-n", MAIL, "patch", "ipg", "vpn", "--type", "merge", "-p",
             json.dumps({"spec": {"items": items}}),
         )  # fmt: skip
+
+
+def test_a_rolling_restart_refuses_no_connection() -> None:
+    """Issue 9, rollouts: the new pod is ready before the old one stops (maxUnavailable 0),
+    and the old one is a lame duck first (/readyz 503 while it still accepts), so that the
+    EndpointSlice and MetalLB move new clients on before its port closes. A client
+    connecting every 0.1 s throughout the restart is greeted every time."""
+    address = mail_address()
+    before = {p["metadata"]["uid"] for p in listener_pods("smtp")}
+    assert before
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kubectl(
+        "-n", MAIL, "annotate", "msvc", "smtp", f"mailwarden.io/restartedAt={stamp}",
+        "--overwrite",
+    )  # fmt: skip
+    tries, failures = 0, []
+    deadline = time.monotonic() + 300
+
+    def replaced() -> bool:
+        now = {p["metadata"]["uid"] for p in listener_pods("smtp") if ready(p)}
+        return bool(now) and not (now & before) and len(listener_pods("smtp")) == len(now)
+
+    settled_at = None
+    while time.monotonic() < deadline:
+        tries += 1
+        try:
+            line = first_line(address, 25)
+            if not line.startswith(b"220 "):
+                failures.append(line)
+        except OSError as exc:
+            failures.append(repr(exc).encode())
+        if settled_at is None and tries % 20 == 0 and replaced():
+            settled_at = time.monotonic()
+        if settled_at is not None and time.monotonic() - settled_at > 10:
+            break  # ten more seconds after the old pods are gone
+        time.sleep(0.1)
+    assert settled_at is not None, "the restart did not finish in 300 s"
+    assert failures == [], f"{len(failures)} of {tries} connections failed: {failures[:5]}"
 
 
 # What the demo put in namespace `mail` around the examples stays there: the `mail-tls` Secret
