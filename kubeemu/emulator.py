@@ -491,14 +491,14 @@ class Emulator(kmock.KubernetesEmulator):
     def _load_balancers(self) -> list[tuple[Any, dict[str, Any]]]:
         """Every live LoadBalancer Service (key, stored body: not to be changed), in creation
         order."""
-        return [
-            (key, obj.raw)
-            for key, obj in self._objects.items()
-            if key[0].plural == "services"
-            and not key[0].group
-            and not obj.deleted
-            and (obj.raw.get("spec") or {}).get("type") == "LoadBalancer"
-        ]
+        # From the index by resource, not a scan of every object of every kind: the operator
+        # benchmark keeps 30,000 unrelated objects, and this runs after every Service write.
+        out = []
+        for key in self._keys_of(kmock.resource("v1/services"), None):
+            obj = self._objects[key]
+            if not obj.deleted and (obj.raw.get("spec") or {}).get("type") == "LoadBalancer":
+                out.append((key, obj.raw))
+        return out
 
     def services(self) -> list[dict[str, Any]]:
         """Every live LoadBalancer Service, copied, in creation order."""
@@ -510,14 +510,14 @@ class Emulator(kmock.KubernetesEmulator):
         balancers = self._load_balancers()
         assigned = self.metallb.assign([raw for _, raw in balancers])
         for key, stored in balancers:
-            raw = copy.deepcopy(stored)
             name = f"{key[1]}/{key[2]}"
             ips = assigned.get(name, [])
             status = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}
             if not ips:
                 status = {"loadBalancer": {}}
-            if raw.get("status") == status:
-                continue
+            if stored.get("status") == status:
+                continue  # compared before copying: most are unchanged
+            raw = copy.deepcopy(stored)
             raw["status"] = status
             raw["metadata"]["resourceVersion"] = self._next_rv()
             self._store(key, raw)

@@ -263,3 +263,53 @@ def answered() -> float:
         "mailwarden_operator_figure_polls_total", {"result": "answered"}
     )
     return value or 0.0
+
+
+def test_a_restarted_operator_does_not_write_figures_that_did_not_change(
+    backend: Backend,
+) -> None:
+    """The figures already in the status are the operator's memory: one that starts over
+    reads the pods again and finds nothing to write."""
+    et = EmulatorThread(pods=True).start()
+    kube = Client(et.url)
+    settings = settings_mod.Settings(
+        image="mailwarden:test",
+        backend_probe_seconds=0,
+        figures_seconds=POLL_SECONDS,
+        figures_timeout=1.0,
+        metrics_port=free_port(),
+    )
+    try:
+        first = OperatorThread(et.url, settings=settings).start()
+        try:
+            kube.apply(
+                mailservice(
+                    "again",
+                    "smtp",
+                    listen=[{"port": free_port()}],
+                    backend={"host": "127.0.0.1", "port": backend.port},
+                )
+            )
+            eventually(lambda: running_pods(et, "again", "smtp", 1), timeout=30)
+            eventually(lambda: _active(kube, "again", "smtp", 0), timeout=15)
+        finally:
+            first.stop()
+        writes, polls = _figure_writes(), answered()
+        second = OperatorThread(et.url, settings=settings).start()
+        try:
+            eventually(lambda: _more(answered, polls + 2), timeout=15)
+            assert _figure_writes() == writes, "unchanged figures written again"
+        finally:
+            second.stop()
+    finally:
+        kube.close()
+        et.stop()
+
+
+def _figure_writes() -> float:
+    value = prometheus_client.REGISTRY.get_sample_value("mailwarden_operator_figure_writes_total")
+    return value or 0.0
+
+
+def _more(read: Callable[[], float], than: float) -> None:
+    assert read() >= than
