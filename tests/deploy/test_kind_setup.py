@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kubeemu import crdcheck
-from mailwarden.operator import manifests, models
+from mailwarden.operator import listeners, manifests, models
 from tests.deploy.tools import KUBERNETES_VERSION, ROOT, binary, render
 from tests.kind import test_e2e_cluster
 from tests.support.listener import free_port
@@ -73,8 +73,8 @@ def test_every_demo_nodeport_is_mapped_to_the_host_port_the_e2e_tests_use(
         (port,) = svc["spec"]["ports"]
         assert port["nodePort"] in mappings, f"{svc['metadata']['name']}: nodePort not mapped"
         assert svc["spec"]["externalTrafficPolicy"] == "Local"
-        msvc = svc["spec"]["selector"]["mailwarden.io/mailservice"]
-        if msvc in test_e2e_cluster.PORTS:
+        served = [m for m in test_e2e_cluster.PORTS if svc["metadata"]["name"] == f"demo-{m}"]
+        for msvc in served:
             assert mappings[port["nodePort"]] == test_e2e_cluster.PORTS[msvc]
 
 
@@ -88,7 +88,10 @@ def test_demo_nodeports_select_listener_pods_of_existing_mail_services_on_their_
     ):
         selector = svc["spec"]["selector"]
         assert selector["app.kubernetes.io/name"] == "mailwarden-listener"
-        msvc = services[selector["mailwarden.io/mailservice"]]
+        # The listener named is the one serving demo-<msvc>'s MailService (contract C5),
+        # and that MailService listens on the port.
+        msvc = services[svc["metadata"]["name"].removeprefix("demo-")]
+        assert selector["mailwarden.io/listener"] in listeners.deployments(msvc)
         (port,) = svc["spec"]["ports"]
         assert port["targetPort"] in [p for _, p in msvc.spec.endpoints()]
 

@@ -13,6 +13,7 @@ import os
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,9 +53,34 @@ def cluster() -> str:
     return context()
 
 
+def listeners_of(msvc: str) -> list[str]:
+    """The listener Deployments serving a MailService, as its status records them (one per
+    fixed address, shared with the other MailServices on it; its own for ports without one)."""
+    status = get("msvc", "-n", MAIL, msvc).get("status") or {}
+    return list(status.get("listeners") or [])
+
+
 def listener_pods(msvc: str) -> list[dict[str, Any]]:
-    pods = get("pods", "-n", MAIL, "-l", f"{LISTENER},mailwarden.io/mailservice={msvc}")["items"]
+    """The pods serving `msvc`: those of its listeners (none when it is stopped, even if the
+    shared pods of its address run for the other MailServices on it)."""
+    if (get("msvc", "-n", MAIL, msvc).get("status") or {}).get("state") == "Stopped":
+        return []
+    names = listeners_of(msvc)
+    if not names:
+        return []
+    selector = f"{LISTENER},mailwarden.io/listener in ({','.join(names)})"
+    pods = get("pods", "-n", MAIL, "-l", selector)["items"]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def shared_ports(msvc: str) -> list[int]:
+    """The ports on the Services of a MailService's listeners (a stopped member's port is
+    not there)."""
+    out: list[int] = []
+    for name in listeners_of(msvc):
+        svc = get("service", "-n", MAIL, name)
+        out += [int(p["port"]) for p in svc["spec"]["ports"]]
+    return sorted(out)
 
 
 def ready(pod: dict[str, Any]) -> bool:
@@ -73,8 +99,10 @@ def test_the_operator_and_every_running_listener_become_ready() -> None:
         assert pods
         spec = pods[0]["spec"]["containers"][0]
         assert spec["securityContext"]["readOnlyRootFilesystem"] is True
-    # The Manual service runs nothing until started.
+    # The Manual service runs nothing until started: on its shared address, the other
+    # services' pods run, without its port.
     assert listener_pods("pop3s") == []
+    assert 995 not in shared_ports("smtp")
 
 
 def test_mail_services_report_ready_for_their_current_generation() -> None:
@@ -270,11 +298,13 @@ def test_starting_the_manual_service_runs_it_and_stopping_it_removes_its_pods() 
     kubectl("-n", MAIL, "annotate", "msvc", "pop3s", "mailwarden.io/state=Running", "--overwrite")
     try:
         until(lambda: [p for p in listener_pods("pop3s") if ready(p)], "pop3s pods")
+        until(lambda: 995 in shared_ports("pop3s"), "995 on the shared Service")
     finally:
         kubectl(
             "-n", MAIL, "annotate", "msvc", "pop3s", "mailwarden.io/state=Stopped", "--overwrite"
         )
     until(lambda: listener_pods("pop3s") == [], "pop3s to stop")
+    until(lambda: 995 not in shared_ports("smtp"), "995 off the shared Service")
 
 
 CHILD_KINDS = "deployments,services,configmaps,networkpolicies"
@@ -373,6 +403,44 @@ def test_the_listener_sees_the_client_s_real_address() -> None:
             "-n", MAIL, "patch", "ipg", "vpn", "--type", "merge", "-p",
             json.dumps({"spec": {"items": items}}),
         )  # fmt: skip
+
+
+def test_a_rolling_restart_refuses_no_connection() -> None:
+    """Issue 9, rollouts: the new pod is ready before the old one stops (maxUnavailable 0),
+    and the old one is a lame duck first (/readyz 503 while it still accepts), so that the
+    EndpointSlice and MetalLB move new clients on before its port closes. A client
+    connecting every 0.1 s throughout the restart is greeted every time."""
+    address = mail_address()
+    before = {p["metadata"]["uid"] for p in listener_pods("smtp")}
+    assert before
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kubectl(
+        "-n", MAIL, "annotate", "msvc", "smtp", f"mailwarden.io/restartedAt={stamp}",
+        "--overwrite",
+    )  # fmt: skip
+    tries, failures = 0, []
+    deadline = time.monotonic() + 300
+
+    def replaced() -> bool:
+        now = {p["metadata"]["uid"] for p in listener_pods("smtp") if ready(p)}
+        return bool(now) and not (now & before) and len(listener_pods("smtp")) == len(now)
+
+    settled_at = None
+    while time.monotonic() < deadline:
+        tries += 1
+        try:
+            line = first_line(address, 25)
+            if not line.startswith(b"220 "):
+                failures.append(line)
+        except OSError as exc:
+            failures.append(repr(exc).encode())
+        if settled_at is None and tries % 20 == 0 and replaced():
+            settled_at = time.monotonic()
+        if settled_at is not None and time.monotonic() - settled_at > 10:
+            break  # ten more seconds after the old pods are gone
+        time.sleep(0.1)
+    assert settled_at is not None, "the restart did not finish in 300 s"
+    assert failures == [], f"{len(failures)} of {tries} connections failed: {failures[:5]}"
 
 
 # What the demo put in namespace `mail` around the examples stays there: the `mail-tls` Secret

@@ -224,12 +224,14 @@ def test_a_pod_answer_cut_into_segments_is_read_whole() -> None:
         (_http(b"<html>not json</html>"), "not a status document"),
         (_http(b'{"services": {"mail/smtp": {"active": -3}}}'), "not a status document"),
         (_http(b" " * (poll.MAX_ANSWER + 10)), "answer too long"),
+        (_http(b'{"services": {"' + b"x" * 5000 + b'": 1}}'), "not a status document"),
     ],
-    ids=["server-error", "not-json", "negative-count", "too-long"],
+    ids=["server-error", "not-json", "negative-count", "too-long", "long-name"],
 )
 def test_a_pod_that_answers_something_else_is_named_with_why(handler: Any, why: str) -> None:
     got = _ask(handler)
     assert isinstance(got, str) and got.startswith(why), got
+    assert len(got) < 120, got  # it goes into the condition's message
 
 
 def test_a_pod_that_says_nothing_times_out_and_a_closed_port_is_refused() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from mailwarden.listener import config as lc
 from mailwarden.listener import metrics as m
-from mailwarden.listener import service, session
+from mailwarden.listener import runtime, session
 
 
 class ScriptedTransport(asyncio.Transport):
@@ -165,7 +165,7 @@ class Script:
                 **fields,
             },
         )
-        self.rt = service.ServiceRuntime(cfg, self.metrics, self.loop)
+        self.rt = runtime.ServiceRuntime(cfg, self.metrics, self.loop)
         self.session = session.ClientConnection(self.rt)
         self.client = ScriptedTransport(self.loop, self.session, (peer, 40000), ("127.0.0.1", 1025))
         self.backend: ScriptedTransport | None = None

@@ -12,7 +12,7 @@ import socket
 import ssl
 import time
 
-from mailwarden.listener import config, descriptors, figures, service
+from mailwarden.listener import config, descriptors, figures, runtime
 from mailwarden.listener import metrics as m
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class ReloadError(RuntimeError):
 class Paused:
     """A server closed while descriptors run short, and its listening sockets kept open."""
 
-    rt: service.ServiceRuntime
+    rt: runtime.ServiceRuntime
     endpoint: config.Endpoint
     # The endpoint's server in rt.servers when accepting stopped.
     server: asyncio.Server
@@ -37,9 +37,9 @@ class Listener:
     def __init__(self, cfg: config.ListenerConfig, metrics: m.Metrics | None = None) -> None:
         self.config = cfg
         self.metrics = metrics if metrics is not None else m.Metrics()
-        self.services: dict[str, service.ServiceRuntime] = {}
+        self.services: dict[str, runtime.ServiceRuntime] = {}
         # Services removed by a reload whose sessions are still finishing.
-        self.retired: list[service.ServiceRuntime] = []
+        self.retired: list[runtime.ServiceRuntime] = []
         self.draining = False
         self.started = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -115,8 +115,8 @@ class Listener:
     async def _apply(self, cfg: config.ListenerConfig, loop: asyncio.AbstractEventLoop) -> None:
         new = {s.name: s for s in cfg.services}
         # 1. Everything that can fail, without touching what runs: TLS files and sockets.
-        staged: dict[str, service.ServiceRuntime] = {}
-        bound: list[tuple[service.ServiceRuntime, config.Endpoint, asyncio.Server]] = []
+        staged: dict[str, runtime.ServiceRuntime] = {}
+        bound: list[tuple[runtime.ServiceRuntime, config.Endpoint, asyncio.Server]] = []
         # A service removed by an earlier reload whose sessions are still open comes back as
         # the same runtime: its open sessions keep counting against its caps.
         revived = {
@@ -128,11 +128,11 @@ class Listener:
             for name, scfg in new.items():
                 rt = self.services.get(name) or revived.get(name)
                 if rt is None:
-                    rt = service.ServiceRuntime(scfg, self.metrics, loop)
+                    rt = runtime.ServiceRuntime(scfg, self.metrics, loop)
                     rt.on_accept = self._accepted
                     staged[name] = rt
                 elif scfg != rt.config:
-                    service.check_tls(scfg)
+                    runtime.check_tls(scfg)
                 for ep in scfg.listen:
                     if ep not in rt.servers and not self._held_elsewhere(ep, name):
                         bound.append((rt, ep, await rt.bind(ep)))
@@ -278,7 +278,7 @@ class Listener:
         log.info("accepting again (%d descriptors open, limit %d)", open_now, self._fds.limit)
 
     def _close_secondary(
-        self, rt: service.ServiceRuntime, ep: config.Endpoint | None = None
+        self, rt: runtime.ServiceRuntime, ep: config.Endpoint | None = None
     ) -> None:
         for key in [k for k in self._secondary if k[0] == id(rt) and ep in (None, k[1])]:
             for server in self._secondary.pop(key):

@@ -74,8 +74,8 @@ class Admission(Protocol):
 
 
 class Runtime(Protocol):
-    """What a session needs of the service it belongs to. `service.ServiceRuntime` provides
-    it; the session depends only on this shape, so imports run one way (service -> session)
+    """What a session needs of the service it belongs to. `runtime.ServiceRuntime` provides
+    it; the session depends only on this shape, so imports run one way (runtime -> session)
     and a test can drive a session without the service's sockets."""
 
     loop: asyncio.AbstractEventLoop

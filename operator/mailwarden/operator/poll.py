@@ -52,9 +52,14 @@ async def ask(
         errno = exc.os_error.errno
         return os.strerror(errno) if errno and errno > 0 else str(exc.os_error) or "no connection"
     except aiohttp.ClientError as exc:
-        return str(exc) or type(exc).__name__
+        return _short(str(exc)) or type(exc).__name__
     except (ValueError, UnicodeDecodeError) as exc:  # not JSON, or figures.BadAnswer
-        return f"not a status document ({exc})"
+        # The pod's own words (a service name) go into the condition: bounded.
+        return f"not a status document ({_short(str(exc))})"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def listener_pods(bodies: Iterable[Mapping[str, Any]]) -> dict[str, list[figures.Pod]]:

@@ -1,5 +1,6 @@
 """A service at run time: its policy (allowed addresses, caps, TLS), its sockets and its
-sessions. Policy is replaced in place on reload; sessions already running keep going."""
+sessions. Policy is replaced in place on reload; sessions already running keep going.
+(server.py holds every service of the process; this module was service.py.)"""
 
 from __future__ import annotations
 
