@@ -595,7 +595,8 @@ async def _apply_children(
 
     mine = listeners.of_member(plan, member.name)
     legacy: list[dict[str, Any]] = []
-    if "listeners" not in old_status:
+    # A MailService with no status at all is new: nothing of an older naming can be its own.
+    if old_status and "listeners" not in old_status:
         found, legacy = await _legacy_children(ctx, namespace, member.name, msvc.metadata.uid)
         previous = previous | found
     touched = sorted({lst.name for lst in mine} | previous)
