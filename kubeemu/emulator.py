@@ -575,6 +575,21 @@ class Emulator(kmock.KubernetesEmulator):
             out.append(copy.deepcopy(raw))
         return out
 
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """Discovery of a group version. kmock gives a subresource (`mailservices/status`) the
+        short names and categories of its resource, so kubectl warns that `msvc` is ambiguous
+        and `kubectl get mailwarden` asks for `mailservices/status` and fails; the API server
+        lists a subresource with neither (the APIResourceList of `kubectl get --raw
+        /apis/apps/v1`: `deployments/status` has no shortNames, no categories)."""
+        payload: Any = await super()._serve_version(request)
+        for entry in payload.get("resources", []):
+            if "/" in entry["name"]:
+                entry["shortNames"] = []
+                entry["categories"] = []
+                entry["singularName"] = ""
+                entry["verbs"] = ["get", "patch", "update"]
+        return payload  # type: ignore[no-any-return]
+
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         # kmock finds a named object by scanning every object of every kind; a GET then costs
         # as much as a list, which made the emulator the bottleneck at a thousand objects.

@@ -109,3 +109,34 @@ def test_the_plugin_restarts_a_service(kube: Client, ns: str, kubeconfig: dict[s
     assert msvc is not None and dep is not None
     stamp = msvc["metadata"]["annotations"][models.RESTART_ANNOTATION]
     assert dep["spec"]["template"]["metadata"]["annotations"][models.RESTART_ANNOTATION] == stamp
+
+
+def test_kubectl_get_lists_both_kinds_by_category_and_msvc_is_unambiguous(
+    kube: Client, ns: str, kubeconfig: dict[str, str]
+) -> None:
+    """The README's `kubectl get mailwarden`, and `kubectl get msvc` without kubectl's
+    warning that the short name could mean another resource (the emulator's discovery lists
+    subresources as the API server does: without short names or categories)."""
+    kube.apply(mailservice(ns, "smtp"))
+    kube.apply(
+        {
+            "apiVersion": MW,
+            "kind": "IPAddressGroup",
+            "metadata": {"name": "office", "namespace": ns},
+            "spec": {"items": [{"network": "192.0.2.0/24"}]},
+        }
+    )
+    both = subprocess.run(
+        [KUBECTL, "get", "mailwarden", "-n", ns],
+        env=kubeconfig,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 0, both.stderr
+    assert "mailservice.mailwarden.io/smtp" in both.stdout
+    assert "ipaddressgroup.mailwarden.io/office" in both.stdout
+    short = subprocess.run(
+        [KUBECTL, "get", "msvc", "-n", ns], env=kubeconfig, capture_output=True, text=True
+    )
+    assert short.returncode == 0 and "could also match" not in short.stderr, short.stderr

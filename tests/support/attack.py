@@ -497,7 +497,7 @@ def listener_process(
             try:
                 return lp.start()
             except AssertionError:
-                if "address already in use" not in lp.log() or attempt == 2:
+                if "address already in use" not in lp.log().lower() or attempt == 2:
                     raise
         raise AssertionError("unreachable")
 

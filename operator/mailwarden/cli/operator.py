@@ -25,6 +25,11 @@ def command(args: argparse.Namespace) -> int:
         return 2
     metrics.serve(args.metrics_port)
     logging.getLogger("kopf").setLevel(logging.INFO)
+    if not getattr(args, "verbose", False):
+        # kopf logs every handler run of every object ("Handler ... succeeded") at INFO: at a
+        # thousand MailServices that was most of the log and a tenth of the operator's CPU.
+        # Failures are warnings and still logged; the operator logs what it did itself.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or []
     asyncio.run(
         kopf.operator(

@@ -1000,3 +1000,19 @@ class _IndexView(Mapping[Key, Mapping[str, Any]]):
             return any(True for _ in self._index[key])  # type: ignore[index]
         except KeyError:
             return False
+
+    # One pass over the index (Mapping's defaults would look every key up twice more): every
+    # reconciliation walks all MailServices for their claims, and each event for contenders.
+    def items(self) -> Iterator[tuple[Key, Mapping[str, Any]]]:  # type: ignore[override]
+        for key in list(self._index):
+            try:
+                store = self._index[key]
+            except KeyError:
+                continue
+            for item in store:
+                yield key, item
+                break
+
+    def values(self) -> Iterator[Mapping[str, Any]]:  # type: ignore[override]
+        for _, item in self.items():
+            yield item
