@@ -580,7 +580,11 @@ async def _apply_children(
     stamp = conditions.now()
     groups_ = world.group_specs(namespace)
 
-    alive: list[bool] = []
+    # A MailService with no status at all has never had children, so none can be missing
+    # because the garbage collector took them after its deletion: no GET of it before the
+    # first creates (one request per new MailService). Should it have been deleted meanwhile,
+    # the children name a uid that no longer exists, and the garbage collector removes them.
+    alive: list[bool] = [] if old_status else [True]
 
     async def owner_alive() -> bool:
         if alive:
