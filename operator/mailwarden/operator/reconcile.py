@@ -386,7 +386,7 @@ class Context:
             known = json.loads(old).get("metadata", {}).get("resourceVersion", "")
             if str(known).isdigit() and int(known) > int(version):
                 return
-        self.live[key] = json.dumps(obj, separators=(",", ":")).encode()
+        self.live[key] = json.dumps(without_managed_fields(obj), separators=(",", ":")).encode()
 
     def recall(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         data = self.live.get((kind, namespace, name))
@@ -394,6 +394,16 @@ class Context:
             return None
         obj: dict[str, Any] = json.loads(data)
         return obj
+
+
+def without_managed_fields(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """obj without metadata.managedFields: the API server's record of who set which field
+    (often as large as the rest of the object), which the operator never reads. Dropped from
+    every copy it keeps, so memory follows what it compares, not the server's bookkeeping."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 # How a reconciliation reads the children it applies. "cached": the watch's copy of each
