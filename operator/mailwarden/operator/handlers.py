@@ -282,8 +282,9 @@ async def pod_changed(
 
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
-    # Bodies are live views that kopf updates; the world must hold stable copies.
-    snapshot: dict[str, Any] = _deep_copy(body)
+    # Bodies are live views that kopf updates; the world must hold stable copies (without
+    # managedFields, which nothing reads: one copy per MailService and group is kept).
+    snapshot: dict[str, Any] = _deep_copy(reconcile.without_managed_fields(body))
     return snapshot
 
 

@@ -386,7 +386,7 @@ class Context:
             known = json.loads(old).get("metadata", {}).get("resourceVersion", "")
             if str(known).isdigit() and int(known) > int(version):
                 return
-        self.live[key] = json.dumps(obj, separators=(",", ":")).encode()
+        self.live[key] = json.dumps(without_managed_fields(obj), separators=(",", ":")).encode()
 
     def recall(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         data = self.live.get((kind, namespace, name))
@@ -394,6 +394,16 @@ class Context:
             return None
         obj: dict[str, Any] = json.loads(data)
         return obj
+
+
+def without_managed_fields(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """obj without metadata.managedFields: the API server's record of who set which field
+    (often as large as the rest of the object), which the operator never reads. Dropped from
+    every copy it keeps, so memory follows what it compares, not the server's bookkeeping."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 # How a reconciliation reads the children it applies. "cached": the watch's copy of each
@@ -580,7 +590,11 @@ async def _apply_children(
     stamp = conditions.now()
     groups_ = world.group_specs(namespace)
 
-    alive: list[bool] = []
+    # A MailService with no status at all has never had children, so none can be missing
+    # because the garbage collector took them after its deletion: no GET of it before the
+    # first creates (one request per new MailService). Should it have been deleted meanwhile,
+    # the children name a uid that no longer exists, and the garbage collector removes them.
+    alive: list[bool] = [] if old_status else [True]
 
     async def owner_alive() -> bool:
         if alive:
