@@ -8,7 +8,7 @@ every client is served once others leave."""
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import socket
 
 import pytest
@@ -34,23 +34,39 @@ def _sort(socks: list[socket.socket], wait: float) -> tuple[list, list, list]:
     pending = {s.fileno(): s for s in socks}
     got: dict[int, bytes] = {}
     deadline = Deadline(wait)
-    while pending and not deadline.expired:
-        ready, _, _ = select.select(list(pending), [], [], min(0.2, deadline.left))
-        for fd in ready:
-            s = pending[fd]
-            try:
-                chunk = s.recv(256)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                (greeted if got.get(fd, b"").startswith(b"220") else silent).append(s)
-                del pending[fd]
-                continue
-            got[fd] = got.get(fd, b"") + chunk
-            if got[fd].endswith(b"\r\n"):
-                greeted.append(s)
-                del pending[fd]
+    # epoll, not select(): the test process may hold descriptors numbered past 1,024.
+    with selectors.DefaultSelector() as sel:
+        for fd, s in pending.items():
+            sel.register(s, selectors.EVENT_READ, fd)
+        while pending and not deadline.expired:
+            for key, _ in sel.select(min(0.2, deadline.left)):
+                fd = key.data
+                if fd in pending and _take(pending, fd, got, greeted, silent):
+                    sel.unregister(pending.pop(fd))
     return greeted, silent, list(pending.values())
+
+
+def _take(
+    pending: dict[int, socket.socket],
+    fd: int,
+    got: dict[int, bytes],
+    greeted: list[socket.socket],
+    silent: list[socket.socket],
+) -> bool:
+    """Read what `fd` has; True once it is sorted (greeted, or closed without a reply)."""
+    s = pending[fd]
+    try:
+        chunk = s.recv(256)
+    except OSError:
+        chunk = b""
+    if not chunk:
+        (greeted if got.get(fd, b"").startswith(b"220") else silent).append(s)
+        return True
+    got[fd] = got.get(fd, b"") + chunk
+    if got[fd].endswith(b"\r\n"):
+        greeted.append(s)
+        return True
+    return False
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,5 @@
 """Accepting stops while file descriptors run short and resumes when they are free (issue 12,
-point 5; docs/decisions/0006): here with the limit the listener sees lowered for the test, on
+point 5; docs/decisions/0007): here with the limit the listener sees lowered for the test, on
 an endpoint bound on every address (an IPv4 and an IPv6 socket, both kept and reopened)."""
 
 from __future__ import annotations

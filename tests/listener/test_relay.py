@@ -183,3 +183,47 @@ def test_a_client_that_says_everything_and_half_closes_before_the_backend_answer
             s.sendall(b"EHLO x\r\nQUIT\r\n")
             s.shutdown(socket.SHUT_WR)
             assert read_until_eof(s) == GREETING + b"EHLO x\r\nQUIT\r\n221 bye\r\n"
+
+
+def _says_bye_and_closes(conn: socket.socket) -> None:
+    """An SMTP-like backend that ends the session first: 221 to QUIT, then its FIN."""
+    conn.sendall(GREETING)
+    buf = b""
+    while b"QUIT\r\n" not in buf:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        buf += chunk
+        if buf.endswith(b"\r\n") and not buf.endswith(b"QUIT\r\n"):
+            conn.sendall(b"250 ok\r\n")
+    conn.sendall(b"221 bye\r\n")
+
+
+def test_sessions_whose_backend_closes_first_free_their_slots_with_a_login_watcher_too(
+    run_listener, backend
+):
+    """The backend says 221 and closes, then the client closes: the session ends at once,
+    whether it is relayed plainly or watched for failed logins (auto-ban on). Found by the
+    benchmark: with auto-ban configured, every such session stayed half-open until the idle
+    timeout (595 of 600 still open), so slots leaked and the session rate fell by half."""
+    back = backend(_says_bye_and_closes)
+    plain = service("mail/plain", "SMTP", backend_port=back.port, max_connections=3)
+    watched = service(
+        "mail/watched",
+        "SMTP",
+        backend_port=back.port,
+        max_connections=3,
+        auto_ban={"after_failures": 1000, "within_seconds": 60},
+    )
+    lt = run_listener(plain, watched)
+    for svc in (plain, watched):
+        for _ in range(5):
+            with connect(svc.listen[0].port) as s:
+                s.settimeout(10)
+                assert read_line(s) == GREETING
+                s.sendall(b"EHLO test\r\n")
+                assert read_line(s) == b"250 ok\r\n"
+                s.sendall(b"QUIT\r\n")
+                assert read_line(s) == b"221 bye\r\n"
+                assert read_until_eof(s) == b""
+            wait_until(lambda svc=svc: lt.active(svc.name) == 0, what=f"{svc.name} session to end")

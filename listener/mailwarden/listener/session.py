@@ -683,14 +683,19 @@ class ClientConnection(asyncio.Protocol):
             self._pass_eof()
 
     def _pass_eof(self) -> None:
-        assert self.backend is not None
-        if self.backend.client_eof:
+        backend = self.backend
+        assert backend is not None
+        if backend.client_eof:
             return
-        self.backend.client_eof = True
-        if self.backend.transport.can_write_eof():
-            self.backend.transport.write_eof()
+        backend.client_eof = True
+        if backend.backend_eof or not backend.transport.can_write_eof():
+            # Both sides have finished (the backend's EOF came first, e.g. after SMTP's 221
+            # or NNTP's 205): close, as the relay does. A half-close here would leave two
+            # half-closed transports that nobody closes, and the session's slot taken until
+            # the idle timeout. The backend's connection_lost closes the client.
+            backend.transport.close()
         else:
-            self.backend.transport.close()
+            backend.transport.write_eof()
 
     def _refuse(self, outcome: str, conversation: base.Conversation) -> None:
         rt = self.rt
