@@ -203,9 +203,11 @@ def test_an_observer_sees_the_first_bytes_unchanged_then_the_session_is_relayed(
     recorder = Recorder(lines=3)
     s.rt.observe = lambda address: recorder
     s.connect().backend_connects().backend_says(b"220 mx ready\r\n")
-    assert s.session.state is session.State.GATED
-    s.send(b"EHLO x\r\n").backend_says(b"250 mx\r\n")
+    # No gate: the session relays from the start, the observer beside the relay.
     assert s.session.state is session.State.RELAY
+    assert s.session.observer is recorder
+    s.send(b"EHLO x\r\n").backend_says(b"250 mx\r\n")
+    assert s.session.observer is None  # it has seen its three lines: dropped
     s.send(b"QUIT\r\n")
     assert recorder.seen == [
         ("backend", b"220 mx ready\r\n"),

@@ -105,14 +105,16 @@ class ServiceRuntime:
         return session.Refusal(m.RATE_LIMITED, self.replies.rate_limited(host, retry))
 
     def _observer(self, watch: Callable[[], authwatch.LineWatch]) -> Callable[[str], base.Observer]:
-        def observe(client: str) -> base.Observer:
-            def failed() -> None:
-                self.metrics.login_failures.inc()
-                self._failure(client)
+        failed = self._login_failed  # bound once, not once per session
 
-            return authwatch.LoginObserver(watch(), failed)
+        def observe(client: str) -> base.Observer:
+            return authwatch.LoginObserver(watch(), failed, client)
 
         return observe
+
+    def _login_failed(self, client: str) -> None:
+        self.metrics.login_failures.inc()
+        self._failure(client)
 
     def _failure(self, client: str) -> None:
         """A refusal or a failed login from a client: count it towards a ban."""

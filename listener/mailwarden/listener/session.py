@@ -127,6 +127,7 @@ class ClientConnection(asyncio.Protocol):
         "gate",
         "handshake_counted",
         "idle_since",
+        "observer",
         "peer",
         "phase_started",
         "refusing",
@@ -147,6 +148,10 @@ class ClientConnection(asyncio.Protocol):
         self._hello = False
         self.conversation: base.Conversation | None = None
         self.gate: base.Gate | None = None
+        # Reads the first bytes of a relayed session (the login watchers of the abuse
+        # defence) until it has seen enough; relayed sessions without a gate keep the relay
+        # state meanwhile: the gate's path would cost an allocation per read.
+        self.observer: base.Observer | None = None
         # Client bytes that arrive before the session can take them; a bytearray only once
         # there are some, so that the thousands of sessions that never have any carry none.
         self._pending: bytes | bytearray = EMPTY
@@ -199,6 +204,9 @@ class ClientConnection(asyncio.Protocol):
         self.active = True
         state = self.state
         if state is State.RELAY and self.seen_data:
+            observer = self.observer
+            if observer is not None and not observer.client(data):
+                self.observer = None
             self.bytes_up += len(data)
             assert self.backend is not None
             self.backend.transport.write(data)
@@ -223,6 +231,9 @@ class ClientConnection(asyncio.Protocol):
                 return
             self.seen_data = True
         if state is State.RELAY:
+            observer = self.observer
+            if observer is not None and not observer.client(data):
+                self.observer = None
             self.bytes_up += len(data)
             assert self.backend is not None
             self.backend.transport.write(data)
@@ -599,7 +610,10 @@ class ClientConnection(asyncio.Protocol):
             self.seen_data = True
         gate = rt.gate() if rt.gate is not None else None
         if rt.observe is not None:
-            gate = base.Observed(gate, rt.observe(self.client[0]))
+            if gate is not None:
+                gate = base.Observed(gate, rt.observe(self.client[0]))
+            else:
+                self.observer = rt.observe(self.client[0])
         if gate is not None:
             self.gate = gate
             self.state = State.GATED
@@ -612,6 +626,8 @@ class ClientConnection(asyncio.Protocol):
                 # (Otherwise they are held until they show whether they are a PROXY header.)
                 pending = self._take_pending()
                 if pending:
+                    if self.observer is not None and not self.observer.client(pending):
+                        self.observer = None
                     self.bytes_up += len(pending)
                     protocol.transport.write(pending)
             if self._eof:
@@ -858,6 +874,9 @@ class BackendConnection(asyncio.Protocol):
             client._apply_gate(client.gate.from_backend(data))
             client._gate_ready()
             return
+        observer = client.observer
+        if observer is not None and not observer.backend(data):
+            client.observer = None
         client.bytes_down += len(data)
         if client.transport is not None:
             client.transport.write(data)

@@ -29,14 +29,18 @@ class LineWatch:
     __slots__ = ("_budget", "_client", "_server", "done")
 
     def __init__(self, budget: int = BUDGET) -> None:
-        self._client = base.LineBuffer(LINE_LIMIT)
-        self._server = base.LineBuffer(LINE_LIMIT)
+        # Made at the first bytes each way: thousands of idle sessions (and SMTP's watcher,
+        # which reads no command) carry none.
+        self._client: base.LineBuffer | None = None
+        self._server: base.LineBuffer | None = None
         self._budget = budget
         self.done = False
 
     def from_client(self, data: bytes) -> None:
         if self._spend(len(data)):
             return
+        if self._client is None:
+            self._client = base.LineBuffer(LINE_LIMIT)
         for line in self._client.feed(data):
             if line is not None:
                 self.client_line(line)
@@ -48,6 +52,8 @@ class LineWatch:
         if self._spend(len(data)):
             return 0
         failures = 0
+        if self._server is None:
+            self._server = base.LineBuffer(LINE_LIMIT)
         for line in self._server.feed(data):
             if line is not None:
                 failures += self.server_line(line)
@@ -78,14 +84,16 @@ def verb_of(line: bytes) -> tuple[bytes, bool]:
 
 
 class LoginObserver:
-    """A watcher as the session's observer (base.Observer): `failed` is called once per
-    failed login; each method says whether the watcher still wants bytes."""
+    """A watcher as the session's observer (base.Observer): `failed(client)` is called once
+    per failed login; each method says whether the watcher still wants bytes. (The client
+    is kept here rather than in a closure per session: one object less per session.)"""
 
-    __slots__ = ("_failed", "_watch")
+    __slots__ = ("_client", "_failed", "_watch")
 
-    def __init__(self, watch: LineWatch, failed: Callable[[], None]) -> None:
+    def __init__(self, watch: LineWatch, failed: Callable[[str], None], client: str) -> None:
         self._watch = watch
         self._failed = failed
+        self._client = client
 
     def client(self, data: bytes) -> bool:
         self._watch.from_client(data)
@@ -93,5 +101,5 @@ class LoginObserver:
 
     def backend(self, data: bytes) -> bool:
         for _ in range(self._watch.from_server(data)):
-            self._failed()
+            self._failed(self._client)
         return not self._watch.done
