@@ -1,7 +1,7 @@
 """The operator's live-figures polling alone, as a process of its own, for
 `python -m bench.operator_scale --figures-only`: the same code the operator's task runs
-(poll.round_ over the listener pods, reconcile.write_figures for each MailService), with the
-world read once from the API instead of kopf's indices, so that its cost can be measured at
+(reconcile.read_figures over the listener pods, reconcile.write_figures for each
+MailService), with the world read once from the API instead of kopf's indices, so that its cost can be measured at
 1,000 MailServices without the reconciliation of 1,000 MailServices around it.
 
     python -m bench.figures_poller URL PERIOD SECONDS
@@ -11,7 +11,6 @@ Prints one JSON line per round: {"round": n, "cpu_s": CPU time so far, "writes":
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import resource
 import sys
@@ -44,19 +43,7 @@ async def main(url: str, period: float, seconds: float) -> None:
     async with poll.session(settings.figures_concurrency) as http:
         while loop.time() < end:
             started = loop.time()
-            outcomes = await poll.round_(
-                summaries,
-                list(services),
-                port=settings.metrics_port,
-                seconds=settings.figures_timeout,
-                concurrency=settings.figures_concurrency,
-                http=http,
-                listeners_of=functools.partial(
-                    world.listener_deployments,
-                    defaults=settings.listener_defaults,
-                    claimants=world.claimants(settings.listener_defaults),
-                ),
-            )
+            outcomes = await reconcile.read_figures(ctx, world, http)
             stamp = conditions.now()
             for key, outcome in outcomes.items():
                 writes += await reconcile.write_figures(ctx, key, world, outcome, stamp)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -393,20 +392,7 @@ async def _poll_figures(
             started = loop.time()
             try:
                 world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
-                outcomes = await poll.round_(
-                    [pod for pods in world.pods.values() for pod in pods],
-                    list(world.services),
-                    port=settings.metrics_port,
-                    seconds=settings.figures_timeout,
-                    concurrency=settings.figures_concurrency,
-                    http=http,
-                    listeners_of=functools.partial(
-                        world.listener_deployments,
-                        defaults=settings.listener_defaults,
-                        # Once per round: every MailService's claims, for all of them.
-                        claimants=world.claimants(settings.listener_defaults),
-                    ),
-                )
+                outcomes = await reconcile.read_figures(ctx, world, http)
                 stamp = conditions.now()
                 for key, outcome in outcomes.items():
                     await _quietly(reconcile.write_figures(ctx, key, world, outcome, stamp))

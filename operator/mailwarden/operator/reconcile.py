@@ -8,12 +8,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
+import aiohttp
 import pydantic
 
 from mailwarden.operator import (
@@ -31,6 +33,7 @@ from mailwarden.operator import (
     metrics,
     models,
     naming,
+    poll,
     probe,
 )
 from mailwarden.operator import pods as pods_mod
@@ -914,6 +917,28 @@ async def probe_backend(ctx: Context, key: Key, world: World) -> bool:
         return False
     await mailservice(ctx, body, world)
     return True
+
+
+async def read_figures(
+    ctx: Context, world: World, http: aiohttp.ClientSession
+) -> dict[Key, figures.Outcome]:
+    """One polling round: every MailService's figures from the listener pods the world
+    knows, each MailService read from the pods of the listeners serving it (contract C5)."""
+    settings = ctx.settings
+    return await poll.round_(
+        [pod for pods in world.pods.values() for pod in pods],
+        list(world.services),
+        port=settings.metrics_port,
+        seconds=settings.figures_timeout,
+        concurrency=settings.figures_concurrency,
+        http=http,
+        listeners_of=functools.partial(
+            world.listener_deployments,
+            defaults=settings.listener_defaults,
+            # Once per round: every MailService's claims, for all of them.
+            claimants=world.claimants(settings.listener_defaults),
+        ),
+    )
 
 
 async def write_figures(
