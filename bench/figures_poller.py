@@ -1,8 +1,9 @@
 """The operator's live-figures polling alone, as a process of its own, for
 `python -m bench.operator_scale --figures-only`: the same code the operator's task runs
 (reconcile.read_figures over the listener pods, reconcile.write_figures for each
-MailService), with the world read once from the API instead of kopf's indices, so that its cost can be measured at
-1,000 MailServices without the reconciliation of 1,000 MailServices around it.
+MailService), with the world read once from the API instead of kopf's indices, so that its
+cost can be measured at 1,000 MailServices without the reconciliation of 1,000 MailServices
+around it.
 
     python -m bench.figures_poller URL PERIOD SECONDS
 
