@@ -655,7 +655,7 @@ def profiling(pid: int, out: pathlib.Path | None) -> Iterator[None]:
         return
     spy = subprocess.Popen(
         [str(pathlib.Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
-         "--format", "raw", "--output", str(out), "--rate", "100", "--nonblocking"],
+         "--format", "raw", "--output", str(out), "--rate", "100", "--nonblocking", "--gil"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

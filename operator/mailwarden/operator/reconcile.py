@@ -347,17 +347,31 @@ class Context:
             self.probes[key] = last
         return last.error
 
-    # (kind, namespace, name) -> the resourceVersion of a child as a reconciliation of its
-    # MailService last saw or wrote it (dropped again if that reconciliation fails). A watch
-    # event carrying that very version is the echo of the operator's own work and needs no
-    # reconciliation; any other version (an edit by hand, a rollout, a deletion) still gets one.
-    seen_children: dict[tuple[str, str, str], str] = dataclasses.field(default_factory=dict)
+    # (kind, namespace, name) -> MailService -> the resourceVersion of a child as a
+    # reconciliation of that MailService last saw or wrote it (dropped again if that
+    # reconciliation fails). A watch event carrying that very version is the echo of the
+    # operator's own work and needs no reconciliation of that MailService; any other version
+    # (an edit by hand, a rollout, a deletion) still gets one. Per MailService: a shared
+    # listener's rollout seen by one member is news to the others.
+    seen_children: dict[tuple[str, str, str], dict[Key, str]] = dataclasses.field(
+        default_factory=dict
+    )
 
-    def already_seen(self, child: Mapping[str, Any]) -> bool:
+    def already_seen(self, child: Mapping[str, Any], owner: Key) -> bool:
         meta = child.get("metadata") or {}
         version = meta.get("resourceVersion")
         key = (str(child.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
-        return version is not None and self.seen_children.get(key) == version
+        return version is not None and self.seen_children.get(key, {}).get(owner) == version
+
+    def saw_child(self, key: tuple[str, str, str], owner: Key, version: str) -> None:
+        self.seen_children.setdefault(key, {})[owner] = version
+
+    def unsee_child(self, key: tuple[str, str, str], owner: Key, version: str) -> None:
+        owners = self.seen_children.get(key)
+        if owners is not None and owners.get(owner) == version:
+            del owners[owner]
+            if not owners:
+                del self.seen_children[key]
 
     def forget_child(self, child: Mapping[str, Any]) -> None:
         meta = child.get("metadata") or {}
@@ -435,7 +449,7 @@ async def mailservice(
     fresh: read every child from the API rather than from the watch's cache (the resync)."""
     key = _key(body)
     async with ctx.locks(key):
-        if unless_seen is not None and ctx.already_seen(unless_seen):
+        if unless_seen is not None and ctx.already_seen(unless_seen, key):
             return
         # The index may hold a newer body than the one a handler was called with, or none
         # when the MailService went away while this waited for its turn.
@@ -520,9 +534,8 @@ async def _mailservice(
         ctx.warmed.add(_key(body))
     except BaseException:
         # The next event of these children must reconcile again: this one did not finish.
-        for key, version in seen.items():
-            if ctx.seen_children.get(key) == version:
-                del ctx.seen_children[key]
+        for child_key, version in seen.items():
+            ctx.unsee_child(child_key, _key(body), version)
         raise
     return affected
 
@@ -755,7 +768,8 @@ async def _apply_listener(
         if version is not None:
             # At once, not at the end: the echo of a write usually arrives before the end.
             key = (child["kind"], namespace, child["metadata"]["name"])
-            seen[key] = ctx.seen_children[key] = str(version)
+            seen[key] = str(version)
+            ctx.saw_child(key, _key(body), str(version))
         if action != "unchanged" or known is None:
             ctx.remember({**live, "kind": kind})
         if digest:
