@@ -9,7 +9,6 @@ the operator patching pods (which needed cluster-wide `pods: patch`)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,17 @@ def objects(name: str, namespace: str, meta: Mapping[str, Any]) -> list[Manifest
     same name); `meta` is the listener's metadata (labels, owners) for all three."""
 
     def metadata() -> Manifest:
-        return {**copy.deepcopy(dict(meta)), "name": name, "namespace": namespace}
+        # Metadata nests two levels at most (labels, annotations; ownerReferences of flat
+        # dicts): copied that deep, not by copy.deepcopy, on every reconciliation.
+        out: Manifest = {
+            k: [dict(v) for v in value]
+            if isinstance(value, list)
+            else dict(value)
+            if isinstance(value, Mapping)
+            else value
+            for k, value in meta.items()
+        }
+        return {**out, "name": name, "namespace": namespace}
 
     return [
         {

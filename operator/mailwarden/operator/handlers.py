@@ -99,6 +99,7 @@ async def configure(
         config = memo.get("settings") or settings_mod.Settings.from_env()
         memo.ctx = reconcile.Context(api=kube.Api.from_environment(), settings=config)
     memo.generations = {}
+    memo.claimed = {}
     memo.pod_waiting = {}
     indices = (mailservices, ipaddressgroups, listener_pods)
     memo.resync = asyncio.create_task(_resync(memo.ctx, *indices))
@@ -176,13 +177,22 @@ async def mailservice_moved(
     listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
+    key = (str(body.metadata.namespace), str(body.metadata.name))
     if type == "DELETED":
-        memo.ctx.forget("MailService", (body.metadata.namespace, body.metadata.name))
-        reconcile.forget_parsed((str(body.metadata.namespace), str(body.metadata.name)))
+        memo.ctx.forget("MailService", key)
+        reconcile.forget_parsed(key)
     if not _spec_changed(memo, "msvc", body, type):
         return
+    # What it claimed when last seen: nothing before (or never seen) and nothing now, and no
+    # other MailService can be affected.
+    claimed: dict[reconcile.Key, frozenset[Any]] = memo.claimed
+    before = claimed.pop(key, frozenset())
+    if type != "DELETED":
+        now = reconcile.claims_of(body)
+        if now:
+            claimed[key] = now
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
-    await _fan_out(memo.ctx, world, world.contenders(body))
+    await _fan_out(memo.ctx, world, world.contenders(body, before))
 
 
 # -- IPAddressGroup -------------------------------------------------------------------------
@@ -222,6 +232,7 @@ async def ip_address_group(
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
 async def child_changed(
     body: kopf.Body,
+    event: kopf.RawEvent,
     type: str | None,
     namespace: str,
     labels: Mapping[str, str],
@@ -234,7 +245,9 @@ async def child_changed(
 ) -> None:
     if type != "DELETED":
         # What reconciliations compare against instead of reading each child again.
-        memo.ctx.remember({**_deep_copy(body), "kind": body.get("kind") or resource.kind})
+        # The raw object of the event (a dict of its own, never changed by kopf), not a copy
+        # of the body view: this runs for every event of every child.
+        memo.ctx.remember({**event["object"], "kind": body.get("kind") or resource.kind})
     if type is None:
         return  # the initial listing: the MailServices' own resume handlers cover it
     # A shared listener's children name every MailService on the address as an owner.
@@ -246,7 +259,7 @@ async def child_changed(
     if naming.LABEL_MAILSERVICE in labels:
         names.add(labels[naming.LABEL_MAILSERVICE])
     if type == "DELETED":
-        memo.ctx.forget_child({**_deep_copy(body), "kind": body.get("kind") or resource.kind})
+        memo.ctx.forget_child({**event["object"], "kind": body.get("kind") or resource.kind})
     elif all(memo.ctx.already_seen(body, (namespace, name)) for name in names):
         return  # the echo of a version the owners' finished reconciliations worked from
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)

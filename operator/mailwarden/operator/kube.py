@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -20,6 +21,9 @@ from mailwarden.operator import models
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+# The kubelet renews a projected service-account token long before it expires (at 80% of its
+# life, an hour at least); the client's in-cluster loader re-reads the file every minute.
+TOKEN_SECONDS = 10.0
 
 # (apiVersion, kind) -> plural; every kind the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
@@ -95,6 +99,7 @@ class Api:
         self._base = str(configuration.host).rstrip("/")
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._token: tuple[float, str | None] | None = None  # (when read, "Bearer ...")
 
     @classmethod
     def from_environment(cls, context: str | None = None) -> Api:
@@ -153,10 +158,22 @@ class Api:
             self._http.detach()
         self._http = None
 
+    def _bearer(self) -> str | None:
+        """The token, asked of the client's configuration at most every TOKEN_SECONDS: its
+        refresh hook re-reads the service account's token file (or the kubeconfig) on every
+        call, which cost more than the request itself."""
+        now = time.monotonic()
+        if self._token is None or now - self._token[0] > TOKEN_SECONDS:
+            config = self._configuration
+            self._token = (
+                now,
+                config.get_api_key_with_prefix("BearerToken", alias="authorization"),
+            )
+        return self._token[1]
+
     def _headers(self, content_type: str) -> dict[str, str]:
         headers = {"Content-Type": content_type}
-        # Asked every time: in a pod the token file is re-read as it rotates.
-        token = self._configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+        token = self._bearer()
         if token:
             headers["Authorization"] = token
         if self._configuration.username or self._configuration.password:

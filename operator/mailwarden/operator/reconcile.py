@@ -10,12 +10,12 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import aiohttp
+import msgspec
 import pydantic
 
 from mailwarden.operator import (
@@ -171,13 +171,19 @@ class World:
                 out.append(body)
         return out
 
-    def contenders(self, body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    def contenders(
+        self, body: Mapping[str, Any], before: frozenset[conflicts.Claim] | None = None
+    ) -> list[Mapping[str, Any]]:
         """Other MailServices that may gain or lose an address when `body` changes or goes:
         those claiming one of its addresses, and those already reporting a conflict. Read
         without the cluster-wide defaults: a ClusterIP default only removes claims, so this
-        errs towards reconciling one MailService too many."""
-        me = parse_mailservice(body)
-        mine = conflicts.claims(me.spec) if me is not None else frozenset()
+        errs towards reconciling one MailService too many. before: its claims before this
+        change, when known; a MailService that claims no fixed address, and claimed none
+        before, can neither take an address from another nor free one (most MailServices:
+        then no other is even looked at)."""
+        mine = claims_of(body)
+        if before is not None and not before and not mine:
+            return []
         addresses = {a for a, _ in mine}
         key = _key(body)
         out = []
@@ -198,6 +204,12 @@ class World:
             if mine & theirs or (other_key[0] == key[0] and addresses & {a for a, _ in theirs}):
                 out.append(other)
         return out
+
+
+def claims_of(body: Mapping[str, Any]) -> frozenset[conflicts.Claim]:
+    """The fixed addresses and ports `body` claims, without the cluster-wide defaults."""
+    me = parse_mailservice(body)
+    return conflicts.claims(me.spec) if me is not None else frozenset()
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -400,17 +412,19 @@ class Context:
         version = str(meta.get("resourceVersion") or "")
         if old is not None and version.isdigit():
             # An event older than what a write of ours already returned changes nothing.
-            known = json.loads(old).get("metadata", {}).get("resourceVersion", "")
+            known = _decode(old).get("metadata", {}).get("resourceVersion", "")
             if str(known).isdigit() and int(known) > int(version):
                 return
-        self.live[key] = json.dumps(without_managed_fields(obj), separators=(",", ":")).encode()
+        self.live[key] = msgspec.json.encode(without_managed_fields(obj))
 
     def recall(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         data = self.live.get((kind, namespace, name))
         if data is None:
             return None
-        obj: dict[str, Any] = json.loads(data)
-        return obj
+        return _decode(data)
+
+
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def without_managed_fields(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -735,7 +749,7 @@ async def _apply_listener(
         if kind not in WATCHED:
             # Not watched (ServiceAccount, Role, RoleBinding): unchanged since this operator
             # last applied it is taken on trust until the periodic resync reads it afresh.
-            digest = hashlib.sha256(json.dumps(child, sort_keys=True).encode()).hexdigest()
+            digest = hashlib.sha256(msgspec.json.encode(child, order="sorted")).hexdigest()
             if mode == "cached" and ctx.applied.get((kind, namespace, name)) == digest:
                 continue
         try:
