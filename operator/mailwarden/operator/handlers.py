@@ -33,7 +33,7 @@ from typing import Any
 
 import kopf
 
-from mailwarden.operator import conditions, groups, kube, models, naming, poll, reconcile
+from mailwarden.operator import conditions, groups, kube, models, naming, poll, reconcile, retries
 from mailwarden.operator import pods as pods_mod
 from mailwarden.operator import settings as settings_mod
 
@@ -57,7 +57,6 @@ CHILD_RESOURCES = (
 )
 LIST_CHUNK = 500
 KOPF_PREFIX = f"kopf.{models.GROUP}"
-MAX_BACKOFF = 300.0
 
 
 # -- start-up and shutdown ------------------------------------------------------------------
@@ -72,13 +71,6 @@ async def configure(
     listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    # Progress in annotations only: the status belongs to the resource's own schema. A prefix
-    # of kopf's own, because kopf hides every annotation under its prefix from change
-    # detection, and mailwarden.io/state must count as a change.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
-    )
     settings.posting.level = logging.WARNING  # our own events say what happened
     settings.watching.server_timeout = 300
     # Children and listener pods are filtered by the API server, not after kopf has listed
@@ -100,6 +92,7 @@ async def configure(
         memo.ctx = reconcile.Context(api=kube.Api.from_environment(), settings=config)
     memo.generations = {}
     memo.claimed = {}
+    memo.retries = retries.Retries()
     memo.pod_waiting = {}
     indices = (mailservices, ipaddressgroups, listener_pods)
     memo.resync = asyncio.create_task(_resync(memo.ctx, *indices))
@@ -115,6 +108,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    pending = memo.get("retries")
+    if pending is not None:
+        await pending.close()
     ctx = memo.get("ctx")
     if ctx is not None:
         await ctx.api.aclose()  # its connections belong to this event loop
@@ -146,29 +142,8 @@ async def listener_pods(
 # -- MailService ----------------------------------------------------------------------------
 
 
-@kopf.on.resume(*MSVC)
-@kopf.on.create(*MSVC)
-@kopf.on.update(*MSVC)
-async def mailservice(
-    body: kopf.Body,
-    retry: int,
-    memo: kopf.Memo,
-    mailservices: kopf.Index[Any, Any],
-    ipaddressgroups: kopf.Index[Any, Any],
-    listener_pods: kopf.Index[Any, Any],
-    **_: Any,
-) -> None:
-    world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
-    try:
-        await reconcile.mailservice(memo.ctx, _snapshot(body), world)
-    except reconcile.InvalidSpec as exc:
-        raise kopf.PermanentError(str(exc)) from None
-    except kube.ApiError as exc:
-        raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
-
-
 @kopf.on.event(*MSVC)
-async def mailservice_moved(
+async def mailservice(
     body: kopf.Body,
     type: str | None,
     memo: kopf.Memo,
@@ -177,10 +152,18 @@ async def mailservice_moved(
     listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
+    """Every event of a MailService. It is reconciled when it is new to this operator (the
+    start-up listing, a creation) or its spec, labels or annotations changed; status writes,
+    the operator's own included, change none of these. The other MailServices that may gain
+    or lose an address with it are reconciled too (takeover). Change detection is the
+    operator's own rather than kopf's change handlers, which record every handled change in an
+    annotation: a write and an echo event per change, and a copy of the body per event."""
     key = (str(body.metadata.namespace), str(body.metadata.name))
+    ctx: reconcile.Context = memo.ctx
     if type == "DELETED":
-        memo.ctx.forget("MailService", key)
+        ctx.forget("MailService", key)
         reconcile.forget_parsed(key)
+        memo.retries.cancel(key)
     if not _spec_changed(memo, "msvc", body, type):
         return
     # What it claimed when last seen: nothing before (or never seen) and nothing now, and no
@@ -192,7 +175,37 @@ async def mailservice_moved(
         if now:
             claimed[key] = now
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
-    await _fan_out(memo.ctx, world, world.contenders(body, before))
+    # The others first: one that takes over an address this one left rebuilds the listener
+    # it now leads (and says so in its own Events).
+    await _fan_out(ctx, world, world.contenders(body, before))
+    if type != "DELETED":
+        await _reconcile(ctx, memo.retries, key, world)
+
+
+async def _reconcile(
+    ctx: reconcile.Context,
+    pending: retries.Retries,
+    key: reconcile.Key,
+    world: reconcile.World,
+    attempt: int = 0,
+) -> None:
+    """Reconcile one MailService; on failure, again after a backoff (unless something newer
+    reconciles it first). An invalid spec waits for an edit: its status says why."""
+    pending.cancel(key)
+    body = world.services.get(key)
+    if body is None:
+        return
+    try:
+        await reconcile.mailservice(ctx, body, world)
+    except reconcile.InvalidSpec:
+        return
+    except Exception as exc:  # an API error, or a bug: logged, and retried like kopf would
+        delay = retries.backoff(attempt)
+        if isinstance(exc, kube.ApiError):
+            logger.warning("%s/%s: %s; retrying in %.0f s", *key, exc, delay)
+        else:
+            logger.exception("%s/%s: reconciliation failed; retrying in %.0f s", *key, delay)
+        pending.later(key, delay, lambda: _reconcile(ctx, pending, key, world, attempt + 1))
 
 
 # -- IPAddressGroup -------------------------------------------------------------------------
@@ -333,23 +346,20 @@ async def _still_there(ctx: reconcile.Context, body: Mapping[str, Any]) -> bool:
     )
 
 
-def _backoff(retry: int) -> float:
-    return min(MAX_BACKOFF, 2.0 ** min(retry, 10))
-
-
 def _spec_changed(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None) -> bool:
-    """Only changes of the spec (and deletions) fan out; status writes would echo."""
+    """Whether the object is new to this operator, or its spec (generation), labels or
+    annotations changed since its last event (and deletions); status writes would echo."""
     key = (kind, body.metadata.namespace, body.metadata.name)
     seen: dict[tuple[str, str | None, str | None], Any] = memo.generations
     if type == "DELETED":
         seen.pop(key, None)
         return True
-    # kopf's own bookkeeping (its last-handled-configuration, written after every handled
-    # change) is not a change: it would make every creation fan out twice.
+    # kopf's own bookkeeping (annotations under its prefix, left by earlier versions of the
+    # operator) is not a change.
     annotations = {
         k: v for k, v in body.metadata.annotations.items() if not k.startswith(KOPF_PREFIX + "/")
     }
-    generation = (body.metadata.get("generation"), annotations)
+    generation = (body.metadata.get("generation"), dict(body.metadata.labels), annotations)
     if seen.get(key) == generation:
         return False
     seen[key] = generation
