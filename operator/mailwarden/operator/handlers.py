@@ -2,8 +2,8 @@
 `reconcile`; what triggers what:
 
 - a MailService created, changed (spec, labels, annotations such as start/stop/restart) or
-  found at start-up -> reconcile it (kopf retries API errors with backoff; an invalid spec is
-  a permanent error until the spec changes);
+  found at start-up -> reconcile it (API errors retried with backoff, retries.py; an invalid
+  spec waits for the spec to change);
 - a MailService created, changed or gone -> reconcile the others that claim one of its
   addresses or report a listen conflict (takeover);
 - an IPAddressGroup changed -> its status, and every MailService using it directly or through

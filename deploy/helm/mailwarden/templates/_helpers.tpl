@@ -99,14 +99,13 @@ app.kubernetes.io/managed-by: mailwarden-operator
 {{/*
   What the operator does in the namespaces it watches: exactly the requests it makes, no more
   (tests/operator/test_rbac.py runs the operator and compares). kopf lists and watches the
-  resources it handles and keeps its progress in annotations (patch); the operator reads its
-  MailServices, writes both statuses, and creates, reads, corrects (patch) and deletes the
-  children. No update or delete of anything else, no wildcards.
+  resources it handles; the operator reads its MailServices (never writes them: no patch),
+  writes both statuses, and creates, reads, corrects (patch) and deletes the children. No update or delete of anything else, no wildcards.
 */}}
 {{- define "mailwarden.namespacedRules" -}}
 - apiGroups: [mailwarden.io]
   resources: [mailservices]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [mailwarden.io]
   resources: [ipaddressgroups]
   verbs: [list, watch]
