@@ -225,6 +225,7 @@ async def ip_address_group(
 ) -> None:
     if type == "DELETED":
         memo.ctx.forget("IPAddressGroup", (namespace, name))
+        reconcile.forget_group((namespace, name))
     world = reconcile.world_of(mailservices, ipaddressgroups, listener_pods)
     # The group itself and every group nesting it resolve differently now.
     specs = world.group_specs(namespace)

@@ -72,10 +72,9 @@ class World:
         for (ns, name), body in self.groups.items():
             if ns != namespace:
                 continue
-            try:
-                out[name] = models.IPAddressGroupSpec.model_validate(body.get("spec") or {})
-            except pydantic.ValidationError:
-                continue  # an invalid group is reported on the group; users see it missing
+            spec = parse_group_spec(body)
+            if spec is not None:  # an invalid group is reported on the group; users see it missing
+                out[name] = spec
         return out
 
     def claimants(
@@ -239,6 +238,33 @@ def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
     if version:
         _parsed[key] = (str(version), msvc)
     return msvc
+
+
+# (namespace, name) -> ((uid, generation), parsed spec): every reconciliation reads its
+# namespace's groups, and a group's spec changes only with its generation.
+_groups_parsed: dict[Key, tuple[tuple[str, str], models.IPAddressGroupSpec | None]] = {}
+
+
+def parse_group_spec(body: Mapping[str, Any]) -> models.IPAddressGroupSpec | None:
+    meta = body.get("metadata") or {}
+    version = (str(meta.get("uid") or ""), str(meta.get("generation") or ""))
+    key = _key(body)
+    cached = _groups_parsed.get(key)
+    if cached is not None and cached[0] == version and all(version):
+        return cached[1]
+    try:
+        spec: models.IPAddressGroupSpec | None = models.IPAddressGroupSpec.model_validate(
+            body.get("spec") or {}
+        )
+    except pydantic.ValidationError:
+        spec = None
+    if all(version):
+        _groups_parsed[key] = (version, spec)
+    return spec
+
+
+def forget_group(key: Key) -> None:
+    _groups_parsed.pop(key, None)
 
 
 def forget_parsed(key: Key) -> None:
