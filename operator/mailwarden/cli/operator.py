@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -31,6 +32,11 @@ def command(args: argparse.Namespace) -> int:
         # Failures are warnings and still logged; the operator logs what it did itself.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces = args.namespace or []
+    # Everything imported so far (kopf, the Kubernetes client's models, pydantic schemas: most
+    # of the objects the operator will ever have) lives as long as the process: out of the
+    # cyclic collector's sight, so its full collections walk only what the operator makes.
+    gc.collect()
+    gc.freeze()
     asyncio.run(
         kopf.operator(
             standalone=True,
