@@ -338,7 +338,7 @@ class Context:
     # At most this many MailService reconciliations at once (taken after the object's lock,
     # before any listener lock): a thousand created together would otherwise each hold their
     # built children and pending requests at the same time, which set the operator's peak
-    # memory, and compete for the same thread pool anyway.
+    # memory, and compete for the same API connections (kube.Api.CONNECTIONS) anyway.
     running: asyncio.Semaphore = dataclasses.field(
         default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY)
     )
