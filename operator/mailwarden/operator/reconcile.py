@@ -220,23 +220,37 @@ def created(body: Mapping[str, Any]) -> str:
     return str((body.get("metadata") or {}).get("creationTimestamp") or "")
 
 
-# (namespace, name) -> (resourceVersion, parsed): conflicts need every MailService parsed,
-# for every reconciliation, and a body with the same resourceVersion parses the same.
-_parsed: dict[Key, tuple[str, models.MailService | None]] = {}
+# (namespace, name) -> (what the parse depends on, parsed): conflicts need every MailService
+# parsed, for every reconciliation. The parse reads the spec, labels and annotations: the same
+# uid, generation (bumped by every spec change), labels and annotations parse the same, while
+# the resourceVersion also moves with every status write (each MailService's second
+# reconciliation, after its rollout, parsed it again).
+_parsed: dict[Key, tuple[Any, models.MailService | None]] = {}
+
+
+def _parse_version(body: Mapping[str, Any]) -> Any:
+    """What a MailService's parse depends on besides its name, or None (then not cached)."""
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if not uid or generation is None:
+        return None
+    labels = tuple(sorted((meta.get("labels") or {}).items()))
+    annotations = tuple(sorted((meta.get("annotations") or {}).items()))
+    return (uid, generation, labels, annotations, meta.get("creationTimestamp"))
 
 
 def parse_mailservice(body: Mapping[str, Any]) -> models.MailService | None:
     key = _key(body)
-    version = (body.get("metadata") or {}).get("resourceVersion")
+    version = _parse_version(body)
     cached = _parsed.get(key)
-    if version and cached is not None and cached[0] == version:
+    if version is not None and cached is not None and cached[0] == version:
         return cached[1]
     try:
         msvc: models.MailService | None = models.MailService.model_validate(_msvc_document(body))
     except pydantic.ValidationError:
         msvc = None
-    if version:
-        _parsed[key] = (str(version), msvc)
+    if version is not None:
+        _parsed[key] = (version, msvc)
     return msvc
 
 
@@ -274,12 +288,12 @@ def forget_parsed(key: Key) -> None:
 
 _NO_DEFAULTS = settings_mod.ListenerDefaults()
 
-# (namespace, name) -> (resourceVersion, the defaults, the MailService with them applied, its
+# (namespace, name) -> (as _parsed, the defaults, the MailService with them applied, its
 # claims): every reconciliation looks at every MailService's claims (an address is one
 # address cluster-wide), which made applying defaults to all of them most of the operator's
 # CPU at a thousand MailServices (profiled with py-spy).
 _defaulted: dict[
-    Key, tuple[str, settings_mod.ListenerDefaults, models.MailService, conflicts.Claimant]
+    Key, tuple[Any, settings_mod.ListenerDefaults, models.MailService, conflicts.Claimant]
 ] = {}
 
 
@@ -289,16 +303,16 @@ def defaulted(
     """The MailService of `body` with the cluster-wide defaults applied, and its claims
     (None: an invalid spec)."""
     key = _key(body)
-    version = str((body.get("metadata") or {}).get("resourceVersion") or "")
+    version = _parse_version(body)
     hit = _defaulted.get(key)
-    if version and hit is not None and hit[0] == version and hit[1] is defaults:
+    if version is not None and hit is not None and hit[0] == version and hit[1] is defaults:
         return hit[2], hit[3]
     msvc = parse_mailservice(body)
     if msvc is None:
         return None
     msvc = children.with_defaults(msvc, defaults)
     claimant = conflicts.claimant(msvc, created(body))
-    if version:
+    if version is not None:
         _defaulted[key] = (version, defaults, msvc, claimant)
     return msvc, claimant
 
@@ -528,7 +542,9 @@ async def _mailservice(
     path = kube.path_of({**body, "apiVersion": models.API_VERSION, "kind": "MailService"})
     stamp = conditions.now()
     try:
-        msvc = models.MailService.model_validate(_msvc_document(body))
+        parsed = parse_mailservice(body)
+        # Invalid: parsed again for the validation's own words.
+        msvc = parsed or models.MailService.model_validate(_msvc_document(body))
     except pydantic.ValidationError as exc:
         message = "invalid spec: " + manifests.explain(exc)
         new = status_mod.invalid(generation, message, old_status, timestamp=stamp)
