@@ -33,7 +33,17 @@ from typing import Any
 
 import kopf
 
-from mailwarden.operator import conditions, groups, kube, models, naming, poll, reconcile, retries
+from mailwarden.operator import (
+    conditions,
+    groups,
+    kopfstate,
+    kube,
+    models,
+    naming,
+    poll,
+    reconcile,
+    retries,
+)
 from mailwarden.operator import pods as pods_mod
 from mailwarden.operator import settings as settings_mod
 
@@ -71,6 +81,9 @@ async def configure(
     listener_pods: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
+    # No change handlers here: kopf's per-event essence and progress bookkeeping are no-ops.
+    settings.persistence.diffbase_storage = kopfstate.NoDiffBase()
+    settings.persistence.progress_storage = kopfstate.NoProgress()
     settings.posting.level = logging.WARNING  # our own events say what happened
     settings.watching.server_timeout = 300
     # Children and listener pods are filtered by the API server, not after kopf has listed
