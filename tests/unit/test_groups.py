@@ -217,3 +217,25 @@ def test_an_unknown_root_group_resolves_to_nothing_and_is_reported():
 def test_a_bad_item_is_refused_with_a_message_that_says_what_is_wrong(item, message):
     with pytest.raises(ValueError, match=message):
         models.GroupItem(**item)
+
+
+def test_a_changed_group_is_resolved_afresh_and_an_unchanged_one_is_remembered() -> None:
+    """The operator hands in the same parsed groups until one changes (a new object): the
+    resolution follows the objects, never a remembered answer for other groups."""
+
+    def spec(*items: dict[str, str]) -> models.IPAddressGroupSpec:
+        return models.IPAddressGroupSpec.model_validate({"items": list(items)})
+
+    office = spec({"network": "192.0.2.0/24"})
+    outer = spec({"group": "office"}, {"host": "198.51.100.1"})
+    first = groups.resolve("outer", {"office": office, "outer": outer})
+    assert first.cidrs == ("192.0.2.0/24", "198.51.100.1/32")
+    assert groups.resolve("outer", {"outer": outer, "office": office}) is first
+    changed = groups.resolve(
+        "outer", {"office": spec({"network": "203.0.113.0/24"}), "outer": outer}
+    )
+    assert changed.cidrs == ("198.51.100.1/32", "203.0.113.0/24")
+    assert groups.resolve("outer", {"outer": outer}).missing == ("office",)
+    for _ in range(groups._RESOLVED_MAX + 10):  # bounded
+        groups.resolve("outer", {"office": spec({"network": "192.0.2.0/25"}), "outer": outer})
+    assert len(groups._RESOLVED) <= groups._RESOLVED_MAX

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Mapping
+from typing import Any
 
 from mailwarden.operator import models
 
@@ -57,8 +58,28 @@ def minimal(networks: list[Network]) -> tuple[str, ...]:
     return tuple(str(n) for n in (*v4, *v6))
 
 
+# (name, the groups by name and identity) -> (resolution, the groups): every reconciliation
+# renders its MailService's groups, and the operator hands in the same parsed spec objects
+# until a group changes. The groups are kept with the result, so an identity in a key never
+# belongs to another object. Bounded: the oldest entries go first.
+_RESOLVED: dict[tuple[Any, ...], tuple[Resolution, tuple[models.IPAddressGroupSpec, ...]]] = {}
+_RESOLVED_MAX = 4096
+
+
 def resolve(name: str, groups: Mapping[str, models.IPAddressGroupSpec]) -> Resolution:
     """Resolve group `name` among `groups` (the groups of one namespace)."""
+    key = (name, *sorted((n, id(spec)) for n, spec in groups.items()))
+    hit = _RESOLVED.get(key)
+    if hit is not None:
+        return hit[0]
+    found = _resolve(name, groups)
+    if len(_RESOLVED) >= _RESOLVED_MAX:
+        del _RESOLVED[next(iter(_RESOLVED))]
+    _RESOLVED[key] = (found, tuple(groups.values()))
+    return found
+
+
+def _resolve(name: str, groups: Mapping[str, models.IPAddressGroupSpec]) -> Resolution:
     networks: list[Network] = []
     missing: list[str] = []
     cycles: list[tuple[str, ...]] = []
