@@ -28,7 +28,7 @@ PROMETHEUS_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # What the operator uses, as tests/operator/test_rbac.py derives it by running the operator;
 # here the rules' layout is pinned too.
 NAMESPACED_RULES = [
-    (["mailwarden.io"], ["mailservices"], ["get", "list", "watch", "patch"]),
+    (["mailwarden.io"], ["mailservices"], ["get", "list", "watch"]),
     (["mailwarden.io"], ["ipaddressgroups"], ["list", "watch"]),
     (["mailwarden.io"], ["mailservices/status", "ipaddressgroups/status"], ["patch"]),
     (["mailwarden.io"], ["mailservices/finalizers"], ["update"]),
