@@ -87,9 +87,9 @@ class World:
         for body in self.services.values():
             if body.get("metadata", {}).get("deletionTimestamp"):
                 continue
-            found = defaulted(body, defaults)
-            if found is not None:
-                out.append(found[1])
+            claimant = claimant_of(body, defaults)
+            if claimant is not None:
+                out.append(claimant)
         return out
 
     def members(
@@ -288,13 +288,29 @@ def forget_parsed(key: Key) -> None:
 
 _NO_DEFAULTS = settings_mod.ListenerDefaults()
 
-# (namespace, name) -> (as _parsed, the defaults, the MailService with them applied, its
-# claims): every reconciliation looks at every MailService's claims (an address is one
-# address cluster-wide), which made applying defaults to all of them most of the operator's
-# CPU at a thousand MailServices (profiled with py-spy).
-_defaulted: dict[
-    Key, tuple[Any, settings_mod.ListenerDefaults, models.MailService, conflicts.Claimant]
-] = {}
+# (namespace, name) -> (as _parsed, the defaults, its claims with them applied, or None for
+# an invalid spec): every reconciliation of a MailService with a fixed address looks at every
+# MailService's claims (an address is one address cluster-wide), which made applying defaults
+# to all of them most of the operator's CPU at a thousand MailServices (profiled with
+# py-spy). Only the claims are kept: the MailService with its defaults is a second model per
+# MailService (2 MiB at a thousand), and only the few sharing an address need it.
+_defaulted: dict[Key, tuple[Any, settings_mod.ListenerDefaults, conflicts.Claimant | None]] = {}
+
+
+def claimant_of(
+    body: Mapping[str, Any], defaults: settings_mod.ListenerDefaults
+) -> conflicts.Claimant | None:
+    """The claims of `body` with the cluster-wide defaults applied (None: an invalid spec)."""
+    key = _key(body)
+    version = _parse_version(body)
+    hit = _defaulted.get(key)
+    if version is not None and hit is not None and hit[0] == version and hit[1] is defaults:
+        return hit[2]
+    found = defaulted(body, defaults)
+    claimant = found[1] if found is not None else None
+    if version is not None:
+        _defaulted[key] = (version, defaults, claimant)
+    return claimant
 
 
 def defaulted(
@@ -302,19 +318,11 @@ def defaulted(
 ) -> tuple[models.MailService, conflicts.Claimant] | None:
     """The MailService of `body` with the cluster-wide defaults applied, and its claims
     (None: an invalid spec)."""
-    key = _key(body)
-    version = _parse_version(body)
-    hit = _defaulted.get(key)
-    if version is not None and hit is not None and hit[0] == version and hit[1] is defaults:
-        return hit[2], hit[3]
     msvc = parse_mailservice(body)
     if msvc is None:
         return None
     msvc = children.with_defaults(msvc, defaults)
-    claimant = conflicts.claimant(msvc, created(body))
-    if version is not None:
-        _defaulted[key] = (version, defaults, msvc, claimant)
-    return msvc, claimant
+    return msvc, conflicts.claimant(msvc, created(body))
 
 
 def _msvc_document(body: Mapping[str, Any]) -> dict[str, Any]:
