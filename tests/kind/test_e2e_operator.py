@@ -55,7 +55,13 @@ class KindClient:
         self.api = kube.Api.from_environment(context=CONTEXT)
 
     def _run(self, coro: Any) -> Any:
-        return asyncio.run(coro)
+        async def once() -> Any:
+            try:
+                return await coro
+            finally:
+                await self.api.aclose()  # its connections belong to this call's event loop
+
+        return asyncio.run(once())
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         live = self.get(
