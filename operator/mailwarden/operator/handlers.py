@@ -135,13 +135,23 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 # Indexing functions are coroutines: kopf runs plain functions in a worker thread, one hop
 # there and back per event, which was a tenth of the operator's CPU (bench.operator_scale).
 @kopf.index(*MSVC)
-async def mailservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _snapshot(body)}
+async def mailservices(
+    namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
+    snapshot = _snapshot(body)
+    if "ctx" in memo:
+        memo.ctx.settle("MailService", (namespace, name), snapshot.get("status") or {})
+    return {(namespace, name): snapshot}
 
 
 @kopf.index(*IPG)
-async def ipaddressgroups(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): _snapshot(body)}
+async def ipaddressgroups(
+    namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> dict[Any, Any]:
+    snapshot = _snapshot(body)
+    if "ctx" in memo:
+        memo.ctx.settle("IPAddressGroup", (namespace, name), snapshot.get("status") or {})
+    return {(namespace, name): snapshot}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_LABELS)

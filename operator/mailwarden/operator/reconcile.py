@@ -364,8 +364,10 @@ class Context:
     running: asyncio.Semaphore = dataclasses.field(
         default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY)
     )
-    # The status this operator last wrote, by object. It is the only writer of status, and
-    # the bodies in its indices can lag behind its own writes by an event.
+    # The status this operator last wrote, by object, until its indices show it. It is the
+    # only writer of status, and the bodies in its indices can lag behind its own writes by
+    # an event; once they caught up the entry goes (settled): not a second copy of every
+    # status.
     written: dict[tuple[str, ...], Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # The last backend probe of each running MailService.
     probes: dict[Key, probe.Result] = dataclasses.field(default_factory=dict)
@@ -380,8 +382,21 @@ class Context:
         self.written[(kind, *key)] = new
 
     def old_status(self, kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        known = body.get("status") or {}
         cached = self.written.get((kind, *_key(body)))
-        return cached if cached is not None else (body.get("status") or {})
+        if cached is None:
+            return known
+        if cached == known:
+            del self.written[(kind, *_key(body))]
+            return known
+        return cached
+
+    def settle(self, kind: str, key: Key, status: Mapping[str, Any]) -> None:
+        """The index now holds `status`: what this operator wrote, once they agree, needs
+        no copy of its own."""
+        cached = self.written.get((kind, *key))
+        if cached is not None and cached == status:
+            del self.written[(kind, *key)]
 
     def forget(self, kind: str, key: Key) -> None:
         self.written.pop((kind, *key), None)
