@@ -49,7 +49,7 @@ COPY pyproject.toml README.md ./
 COPY operator operator
 RUN pip --python /opt/mailwarden/bin/python install --no-deps . \
  && /opt/mailwarden/bin/python -m compileall -q /opt/mailwarden/lib \
- && /opt/mailwarden/bin/python -c "import kopf, kubernetes, mailwarden.operator.models" \
+ && /opt/mailwarden/bin/python -c "import kopf, mailwarden.operator.handlers" \
  && /opt/mailwarden/bin/mailwarden --help >/dev/null
 
 # --- runtime: listener --------------------------------------------------------------------

@@ -19,44 +19,14 @@ The rules, from kubernetes/apimachinery pkg/api/resource/quantity.go (the commen
 
 from __future__ import annotations
 
-import math
-import re
-from fractions import Fraction
 from typing import Any
 
-_NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(.*)$")
-_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
-_DECIMAL_SUFFIX = {v: k for k, v in _DECIMAL.items()}
-_BINARY_SUFFIX = {v: k for k, v in _BINARY.items()}
+from mailwarden.operator.quantities import BINARY, DECIMAL, QuantityError, parse
 
+__all__ = ["QuantityError", "canonical", "canonicalise", "parse"]
 
-class QuantityError(ValueError):
-    pass
-
-
-def parse(text: str | int | float) -> tuple[Fraction, str]:
-    """(value, format) with format one of "binary", "decimal", "exponent"."""
-    match = _NUMBER.match(str(text).strip())
-    if match is None:
-        raise QuantityError(f"quantities must match the regular expression: {text!r}")
-    number, suffix = match.groups()
-    value = Fraction(number)
-    if suffix in _BINARY:
-        value *= 2 ** _BINARY[suffix]
-        fmt = "binary"
-    elif suffix in _DECIMAL:
-        value *= Fraction(10) ** _DECIMAL[suffix]
-        fmt = "decimal"
-    elif re.fullmatch(r"[eE][+-]?\d+", suffix):
-        value *= Fraction(10) ** int(suffix[1:])
-        fmt = "exponent"
-    else:
-        raise QuantityError(f"unable to parse quantity's suffix: {text!r}")
-    # Rounded up (away from zero) to a whole number of nano units.
-    nanos = value * 10**9
-    nanos_int = math.ceil(nanos) if nanos >= 0 else math.floor(nanos)
-    return Fraction(nanos_int, 10**9), fmt
+_DECIMAL_SUFFIX = {v: k for k, v in DECIMAL.items()}
+_BINARY_SUFFIX = {v: k for k, v in BINARY.items()}
 
 
 def canonical(text: str | int | float) -> str:

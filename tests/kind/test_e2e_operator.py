@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailwarden.operator import kube, models
+from mailwarden.operator import credentials, kube, models
 from tests.operator.resources import MW, allowed, condition, group, ready
 from tests.operator.resources import mailservice as _mailservice
 from tests.support.operator import eventually
@@ -38,12 +38,10 @@ def _why_not() -> str | None:
     if shutil.which("kind") is None:
         return "no `kind` binary on PATH (no cluster on this machine)"
     try:
-        import kubernetes
-
-        contexts, _ = kubernetes.config.list_kube_config_contexts()
+        contexts = credentials.contexts()
     except Exception as exc:
         return f"no kubeconfig ({exc})"
-    if CONTEXT not in {c["name"] for c in contexts}:
+    if CONTEXT not in contexts:
         return f"no kube context named {CONTEXT} (`kind create cluster --name mailwarden`)"
     return None
 
@@ -149,11 +147,7 @@ def cluster() -> Iterator[KindClient]:
 
 
 def _start_operator() -> subprocess.Popen[bytes]:
-    import kubernetes
-
-    config = yaml.safe_load(
-        pathlib.Path(kubernetes.config.KUBE_CONFIG_DEFAULT_LOCATION).expanduser().read_text()
-    )
+    config = yaml.safe_load(pathlib.Path(credentials.DEFAULT_KUBECONFIG).expanduser().read_text())
     config["current-context"] = CONTEXT
     path = pathlib.Path(tempfile.mkdtemp()) / "kubeconfig"
     path.write_text(yaml.safe_dump(config))

@@ -8,10 +8,9 @@ import socket
 from typing import Any
 
 import aiohttp.web
-import kubernetes
 import pytest
 
-from mailwarden.operator import kube
+from mailwarden.operator import credentials, kube
 
 
 async def _serve(seen: list[dict[str, Any]]) -> tuple[aiohttp.web.AppRunner, str]:
@@ -53,10 +52,7 @@ def test_requests_carry_the_token_and_answers_and_errors_are_read() -> None:
 
     async def scenario() -> None:
         runner, url = await _serve(seen)
-        config = kubernetes.client.Configuration(host=url)
-        config.api_key = {"BearerToken": "s3cret"}
-        config.api_key_prefix = {"BearerToken": "Bearer"}
-        api = kube.Api(config)
+        api = kube.Api(credentials.Credentials(server=url, token="s3cret"))
         try:
             assert await api.list("/api/v1/things", "a=b") == [{"n": 1}, {"n": 2}]
             created = await api.create("/api/v1/namespaces/x/configmaps", {"data": {"k": "v"}})

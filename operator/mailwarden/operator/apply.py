@@ -7,9 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from kubernetes.utils import parse_quantity
-
-from mailwarden.operator import kube, naming
+from mailwarden.operator import kube, naming, quantities
 
 Action = Literal["created", "updated", "unchanged"]
 Guard = Callable[[], Awaitable[bool]]
@@ -55,7 +53,7 @@ def contains(live: Any, desired: Any, *, quantities: bool = False) -> bool:
 def same_quantity(a: Any, b: Any) -> bool:
     """Whether two resource quantities are equal in value (False if either is none)."""
     try:
-        return bool(parse_quantity(a) == parse_quantity(b))  # type: ignore[no-untyped-call]
+        return quantities.parse(a)[0] == quantities.parse(b)[0]
     except (ValueError, TypeError, ArithmeticError):
         return False
 
