@@ -226,9 +226,12 @@ def operator_process(
     workdir: pathlib.Path,
     figures_period: float = 15.0,
     root: pathlib.Path | None = None,
+    python: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """root: run the operator from that checkout's sources (listener/ and operator/) instead
-    of the installed package, with the same interpreter and libraries."""
+    of the installed package, with the same libraries; python: with that interpreter (an
+    older checkout may need a library this one dropped: its own virtualenv, whose
+    site-packages come first)."""
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -257,7 +260,7 @@ def operator_process(
     env.pop("KUBERNETES_SERVICE_HOST", None)
     log = (workdir / "operator.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailwarden.cli", "operator",
+        [python or sys.executable, "-m", "mailwarden.cli", "operator",
          "--liveness", f"http://127.0.0.1:{liveness}/healthz",
          "--metrics-port", str(metrics_port)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -676,6 +679,7 @@ def run(
     root: pathlib.Path | None = None,
     profile: pathlib.Path | None = None,
     figures: bool = True,
+    python: str | None = None,
 ) -> Result:
     groups, services, users = plan(scale)
 
@@ -693,7 +697,7 @@ def run(
         spawned = time.monotonic()
         with (
             tempfile.TemporaryDirectory(prefix="opscale-") as tmp,
-            operator_process(et.url, pathlib.Path(tmp), scale.figures_period, root) as (
+            operator_process(et.url, pathlib.Path(tmp), scale.figures_period, root, python) as (
                 proc,
                 metrics_port,
             ),
@@ -985,6 +989,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="N unrelated ConfigMaps, Services and Deployments each")  # fmt: skip
     parser.add_argument("--baseline", type=pathlib.Path, metavar="CHECKOUT",
                         help="then run the operator of another checkout and compare")  # fmt: skip
+    parser.add_argument("--baseline-python", metavar="PYTHON",
+                        help="the baseline operator's interpreter (default: this one)")  # fmt: skip
     parser.add_argument("--services", type=int, metavar="N",
                         help="N MailServices (namespaces, groups, users scaled)")  # fmt: skip
     parser.add_argument("--no-figures", action="store_true",
@@ -1010,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(res), flush=True)
     if args.baseline is not None:
         # An older checkout may not report live figures: its run has none.
-        base = run(scale, root=args.baseline.resolve(), figures=False)
+        base = run(scale, root=args.baseline.resolve(), figures=False, python=args.baseline_python)
         print("\n" + report(base))
         print("\n" + compare(res, base))
     return 0
