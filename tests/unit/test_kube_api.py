@@ -4,6 +4,7 @@ sends (token, content type, user agent) and how it reads answers and failures.""
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import socket
 from typing import Any
 
@@ -100,3 +101,34 @@ def test_no_answer_is_a_retriable_error() -> None:
 
     error = asyncio.run(scenario())
     assert error.status == 0 and error.retriable
+
+
+def test_a_rotated_token_file_is_read_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod the kubelet rewrites the projected token before it expires."""
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    monkeypatch.setattr(kube, "TOKEN_SECONDS", 0.0)
+    seen: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        runner, url = await _serve(seen)
+        api = kube.Api(credentials.Credentials(server=url, token_file=str(token)))
+        try:
+            await api.list("/api/v1/things")
+            token.write_text("second\n")
+            await asyncio.sleep(0.01)
+            await api.list("/api/v1/things")
+            token.unlink()  # mid-rotation: the last token is kept
+            await api.list("/api/v1/things")
+        finally:
+            await api.aclose()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert [r["headers"]["Authorization"] for r in seen] == [
+        "Bearer first",
+        "Bearer second",
+        "Bearer second",
+    ]
