@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -103,27 +104,44 @@ async def configure(
         # `mailwarden operator` has read (and checked) the settings before kopf started.
         config = memo.get("settings") or settings_mod.Settings.from_env()
         memo.ctx = reconcile.Context(api=kube.Api.from_environment(), settings=config)
-    memo.generations = {}
-    memo.claimed = {}
-    memo.retries = retries.Retries()
-    memo.pod_waiting = {}
+    # kopf gives every object it watches a shallow copy of this memo (5,000 copies at 1,000
+    # MailServices): two keys, the rest of the handlers' state in one object.
+    memo.pop("settings", None)
     indices = (mailservices, ipaddressgroups, listener_pods)
-    memo.resync = asyncio.create_task(_resync(memo.ctx, *indices))
-    memo.probing = asyncio.create_task(_probe_backends(memo.ctx, *indices))
-    memo.figures = asyncio.create_task(_poll_figures(memo.ctx, *indices))
+    memo.state = State(
+        tasks=[
+            asyncio.create_task(_resync(memo.ctx, *indices)),
+            asyncio.create_task(_probe_backends(memo.ctx, *indices)),
+            asyncio.create_task(_poll_figures(memo.ctx, *indices)),
+        ]
+    )
+
+
+@dataclasses.dataclass
+class State:
+    """What the handlers keep between events, besides reconcile.Context."""
+
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    # (kind, namespace, name) -> what _spec_changed compares.
+    generations: dict[tuple[str, str | None, str | None], Any] = dataclasses.field(
+        default_factory=dict
+    )
+    # MailService -> the fixed addresses it claimed when last seen (for contenders).
+    claimed: dict[reconcile.Key, frozenset[Any]] = dataclasses.field(default_factory=dict)
+    retries: retries.Retries = dataclasses.field(default_factory=retries.Retries)
+    # Listener pod -> the reasons it was waiting for (CrashLoopBackOff, ...).
+    pod_waiting: dict[tuple[str, str], frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("resync", "probing", "figures"):
-        task = memo.get(name)
-        if task is not None:
+    state: State | None = memo.get("state")
+    if state is not None:
+        for task in state.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    pending = memo.get("retries")
-    if pending is not None:
-        await pending.close()
+        await state.retries.close()
     ctx = memo.get("ctx")
     if ctx is not None:
         await ctx.api.aclose()  # its connections belong to this event loop
@@ -186,12 +204,12 @@ async def mailservice(
     if type == "DELETED":
         ctx.forget("MailService", key)
         reconcile.forget_parsed(key)
-        memo.retries.cancel(key)
+        memo.state.retries.cancel(key)
     if not _spec_changed(memo, "msvc", body, type):
         return
     # What it claimed when last seen: nothing before (or never seen) and nothing now, and no
     # other MailService can be affected.
-    claimed: dict[reconcile.Key, frozenset[Any]] = memo.claimed
+    claimed: dict[reconcile.Key, frozenset[Any]] = memo.state.claimed
     before = claimed.pop(key, frozenset())
     if type != "DELETED":
         now = reconcile.claims_of(body)
@@ -202,7 +220,7 @@ async def mailservice(
     # it now leads (and says so in its own Events).
     await _fan_out(ctx, world, world.contenders(body, before))
     if type != "DELETED":
-        await _reconcile(ctx, memo.retries, key, world)
+        await _reconcile(ctx, memo.state.retries, key, world)
 
 
 async def _reconcile(
@@ -326,7 +344,7 @@ async def pod_changed(
     """A listener pod started or stopped waiting on something (CrashLoopBackOff,
     ImagePullBackOff): its MailService's status says so. Other pod changes are not news."""
     key = (namespace, str(body.metadata.name))
-    waiting: dict[tuple[str, str], frozenset[str]] = memo.pod_waiting
+    waiting: dict[tuple[str, str], frozenset[str]] = memo.state.pod_waiting
     now = frozenset() if type == "DELETED" else pods_mod.waiting_reasons(body)
     before = waiting.pop(key, frozenset())
     if now:
@@ -374,7 +392,7 @@ def _spec_changed(memo: kopf.Memo, kind: str, body: kopf.Body, type: str | None)
     """Whether the object is new to this operator, or its spec (generation), labels or
     annotations changed since its last event (and deletions); status writes would echo."""
     key = (kind, body.metadata.namespace, body.metadata.name)
-    seen: dict[tuple[str, str | None, str | None], Any] = memo.generations
+    seen: dict[tuple[str, str | None, str | None], Any] = memo.state.generations
     if type == "DELETED":
         seen.pop(key, None)
         return True
