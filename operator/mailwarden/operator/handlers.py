@@ -156,20 +156,23 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 async def mailservices(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[Any, Any]:
-    snapshot = _snapshot(body)
-    if "ctx" in memo:
-        memo.ctx.settle("MailService", (namespace, name), snapshot.get("status") or {})
-    return {(namespace, name): snapshot}
+    return _indexed("MailService", (namespace, name), body, memo)
 
 
 @kopf.index(*IPG)
 async def ipaddressgroups(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> dict[Any, Any]:
+    return _indexed("IPAddressGroup", (namespace, name), body, memo)
+
+
+def _indexed(kind: str, key: reconcile.Key, body: kopf.Body, memo: kopf.Memo) -> dict[Any, Any]:
+    """The index entry of a MailService or group: a stable copy of its body. The status this
+    operator wrote needs no copy of its own once the index shows it."""
     snapshot = _snapshot(body)
     if "ctx" in memo:
-        memo.ctx.settle("IPAddressGroup", (namespace, name), snapshot.get("status") or {})
-    return {(namespace, name): snapshot}
+        memo.ctx.settle(kind, key, snapshot.get("status") or {})
+    return {key: snapshot}
 
 
 @kopf.index("", "v1", "pods", labels=CHILD_LABELS)

@@ -67,10 +67,6 @@ class ApiError(Exception):
         return self.status in (409, 429) or self.status >= 500 or self.status == 0
 
 
-def _dumps(value: Any) -> str:
-    return msgspec.json.encode(value).decode()  # aiohttp's json= wants text
-
-
 def collection(api_version: str, kind: str, namespace: str | None) -> str:
     plural = PLURALS[(api_version, kind)]
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -132,7 +128,6 @@ class Api:
                 # The operator's own requests are named in the API server's audit log (kopf's
                 # say kopf/VERSION).
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                json_serialize=_dumps,
             )
             self._loop = loop
         return self._http
